@@ -1,0 +1,129 @@
+"""The `mmbench` command line. Exit codes: 0 ok, 1 a run or check failed, 2 bad input or usage
+(one clear line on stderr, no traceback)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mmbench.errors import MMBenchError
+
+DEFAULT_DATASET = "ml100k"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line + exit 2 (argparse's own code for usage)."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run", help="train models on a dataset under the shared protocol and write run records",
+        description="Train each model (× seed) with valid-only early stopping, evaluate the test split "
+                    "once with the best-valid state, and write results/runs/<dataset>/<model>/<run id>/. "
+                    "Rerunning the same command resumes interrupted runs and skips completed ones.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", required=True, help="comma-separated model names, or 'all' (see `mmbench models`)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help="dataset card name (see `mmbench data list`) or a directory")
+    p.add_argument("--seeds", default="2024", help="comma-separated training seeds; the data split never depends on them")
+    p.add_argument("--set", dest="set_items", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set epochs=50 --set modalities=image,audio")
+    p.add_argument("--config", help="YAML file of config overrides (flat keys, or per-model sections)")
+    p.add_argument("--budget", default="full", choices=["full", "quick", "smoke"],
+                   help="work cap: full = the models' settings; quick = ≤30 epochs, patience 5; smoke = 2 epochs")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--results", default="results", help="results directory (run records go to <results>/runs/)")
+    p.add_argument("--data-dir", help="data directory (default: $MMBENCH_DATA_DIR, else the project's datasets/)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first model that crashes")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from mmbench.data.registry import load_dataset
+    from mmbench.runner import expand_models, model_config, parse_seeds, run_all, summary_table
+    from mmbench.train.trainer import resolve_device
+
+    models = expand_models(args.models)
+    seeds = parse_seeds(args.seeds)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_dataset(args.dataset, data_dir=args.data_dir)
+    for m in models:  # every config error surfaces before the first epoch
+        model_config(m, data.name, args.budget, args.config, args.set_items)
+    print(f"mmbench run: {len(models)} model(s) × {len(seeds)} seed(s) on {data.name} "
+          f"({data.n_users} users, {data.n_items} items, modalities {data.modalities or 'none'}) "
+          f"on {device}", file=sys.stderr)
+    outcomes = run_all(models, data, seeds, device, Path(args.results), args.budget, args.config,
+                       args.set_items, progress=not args.no_progress, fail_fast=args.fail_fast)
+    print(summary_table(outcomes))
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        print(f"failed: {o.model} seed {o.seed}: {o.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the registered models and their default configs")
+    p.add_argument("--verbose", "-v", action="store_true", help="also print each model's config keys")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args) -> int:
+    from mmbench.models.base import registry
+
+    for name, cls in registry().items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        mod_doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        line = mod_doc[0] if mod_doc else doc
+        print(f"{name:22s} {line}")
+        if args.verbose:
+            for k, v in cls.defaults.items():
+                print(f"    {k} = {v}")
+            for ds in cls.presets:
+                print(f"    preset: {ds}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mmbench", description="Benchmark suite for multimodal recommendation "
+                     "(MMSSL and baselines, one protocol, one evaluator, honest statistics).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    _add_models(sub)
+    from mmbench.data.cli import add_data_parser
+    from mmbench.eval.external import add_evaluate_parser
+
+    add_data_parser(sub)
+    add_evaluate_parser(sub)
+    for optional in ("mmbench.reports.cli", "mmbench.check"):
+        try:
+            mod = __import__(optional, fromlist=["add_parser"])
+        except ImportError:
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MMBenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Report generators: one module per artefact."""

@@ -1,0 +1,1 @@
+"""Training: the shared BPR sampler and the leakage-proof trainer."""

@@ -1,0 +1,273 @@
+"""The training loop: epochs, valid-only early stopping, in-memory best state, one test pass.
+
+Leakage-proof by construction: the loop runs on a copy of the dataset whose test split is EMPTY, and
+the model itself only ever sees `train_view()`. The test split is evaluated exactly once, after the
+loop, with the best-valid state.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from mmbench.data.dataset import Dataset
+from mmbench.eval import EvalResult, evaluate
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_SECONDS = 30.0  # save the running state at most this often (and always at the end)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    valid: dict[str, float]
+    test: EvalResult
+    valid_item_hits: np.ndarray  # [n_validations, n_items] hits@20 on valid per validation epoch
+    valid_item_counts: np.ndarray  # [n_items] valid users per item
+    valid_epochs: list[int]
+    timings: dict[str, Any]
+    peak_memory_mb: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        from mmbench.errors import ConfigError
+
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from mmbench.errors import ConfigError
+
+        raise ConfigError("--device cuda requested but CUDA is not available")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def without_test(data: Dataset) -> Dataset:
+    """The dataset as the training phase may see it: test labels removed."""
+    empty = sp.csr_matrix(data.test.shape, dtype=np.float32)
+    return Dataset(
+        data.name, data.n_users, data.n_items, data.train, data.valid, empty,
+        data.features, data.checksums, data.meta, data.user_tokens, data.item_tokens,
+    )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = rss_kb / 1024.0
+    if device.type == "cuda":
+        peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**20)
+    return float(peak)
+
+
+class Trainer:
+    """Owns epochs, validation, early stopping and the single test pass for one run."""
+
+    def __init__(self, model, data: Dataset, cfg, seed: int, device: torch.device,
+                 run_dir: Path | None = None, progress: bool = True, desc: str = ""):
+        self.model = model.to(device)
+        self.full_data = data
+        self.data = without_test(data)
+        self.cfg = cfg
+        self.seed = seed
+        self.device = device
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.progress = progress
+        self.desc = desc or getattr(model, "name", "model")
+        self.ks = tuple(cfg.eval_ks)
+        self.hit_k = 20 if 20 in self.ks else max(self.ks)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def _scorer(self):
+        def score(users: torch.Tensor) -> torch.Tensor:
+            return self.model.score(users.to(self.device))
+
+        return score
+
+    def _evaluate(self, data: Dataset, split: str, mask: str, keep_topk: bool = False) -> EvalResult:
+        self.model.eval()
+        with torch.no_grad():
+            self.model.begin_scoring()
+            try:
+                return evaluate(self._scorer(), data, split=split, ks=self.ks, mask=mask,
+                                chunk_size=self.cfg.eval_chunk_size, keep_topk=keep_topk)
+            finally:
+                self.model.end_scoring()
+
+    def validate(self) -> EvalResult:
+        return self._evaluate(self.data, "valid", "train")
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def _save(self, state: dict) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        tmp = self.run_dir / (CHECKPOINT + ".tmp")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, self.run_dir / CHECKPOINT)
+
+    def _load(self) -> dict | None:
+        if self.run_dir is None or not (self.run_dir / CHECKPOINT).exists():
+            return None
+        return torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+
+    def _snapshot(self) -> dict:
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "extra": copy.deepcopy(self.model.extra_state()),
+        }
+
+    def _restore(self, snap: dict) -> None:
+        self.model.load_state_dict(snap["model"])
+        self.model.load_extra_state(snap["extra"])
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        t_start = time.perf_counter()
+        if getattr(self.model, "brings_own_loop", False):
+            return self._fit_own_loop(t_start)
+        cfg = self.cfg
+        seed_everything(self.seed)
+        sampler = self.model.make_sampler(self.data.train, cfg.batch_size, self.seed)
+        optimizers = self.model.configure_optimizers()
+        history: list[dict[str, Any]] = []
+        valid_hits: list[np.ndarray] = []
+        valid_epochs: list[int] = []
+        best = {"score": -np.inf, "epoch": 0, "state": self._snapshot(), "valid": {}}
+        bad_evals = 0
+        start_epoch = 1
+        resumed = self._load()
+        if resumed is not None:
+            self._restore({"model": resumed["model"], "extra": resumed["extra"]})
+            for opt, st in zip(optimizers, resumed["optimizers"]):
+                opt.load_state_dict(st)
+            sampler.load_state_dict(resumed["sampler"])
+            torch.set_rng_state(resumed["torch_rng"])
+            np.random.set_state(resumed["np_rng"])
+            history, valid_hits, valid_epochs = resumed["history"], resumed["valid_hits"], resumed["valid_epochs"]
+            best, bad_evals, start_epoch = resumed["best"], resumed["bad_evals"], resumed["epoch"] + 1
+        valid_counts = None
+        last_save = time.perf_counter()
+        stopped = start_epoch > cfg.epochs or (resumed is not None and resumed.get("stopped", False))
+        bar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=self.desc, unit="ep",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        epoch = start_epoch - 1
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if stopped:
+                break
+            t0 = time.perf_counter()
+            self.model.train()
+            self.model.on_epoch_start(epoch)
+            sums: dict[str, float] = {}
+            n_batches = 0
+            for batch in sampler.epoch():
+                losses = self.model.train_step(batch.to(self.device), optimizers)
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n_batches += 1
+            self.model.on_epoch_end(epoch)
+            losses_mean = {k: v / max(n_batches, 1) for k, v in sums.items()}
+            if not np.isfinite(losses_mean.get("loss", 0.0)):
+                raise FloatingPointError(f"{self.desc}: training loss is {losses_mean.get('loss')} at epoch {epoch}")
+            t_train = time.perf_counter() - t0
+            entry: dict[str, Any] = {"epoch": epoch, "losses": losses_mean, "train_seconds": t_train}
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                t1 = time.perf_counter()
+                res = self.validate()
+                entry["valid"] = res.mean
+                entry["eval_seconds"] = time.perf_counter() - t1
+                valid_hits.append(res.item_hits[self.hit_k].astype(np.int32))
+                valid_epochs.append(epoch)
+                score = res.mean[cfg.valid_metric]
+                if score > best["score"]:
+                    best = {"score": score, "epoch": epoch, "state": self._snapshot(), "valid": res.mean}
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                    if bad_evals * cfg.eval_every >= cfg.patience and cfg.patience > 0:
+                        stopped = True
+                bar.set_postfix(loss=f"{losses_mean.get('loss', float('nan')):.4f}",
+                                **{cfg.valid_metric: f"{score:.4f}"}, best=best["epoch"])
+            history.append(entry)
+            bar.update(1)
+            now = time.perf_counter()
+            if now - last_save >= CHECKPOINT_SECONDS or stopped or epoch == cfg.epochs:
+                self._save({
+                    "epoch": epoch, "model": self.model.state_dict(), "extra": self.model.extra_state(),
+                    "optimizers": [o.state_dict() for o in optimizers], "sampler": sampler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state(),
+                    "history": history, "valid_hits": valid_hits, "valid_epochs": valid_epochs,
+                    "best": best, "bad_evals": bad_evals, "stopped": stopped,
+                })
+                last_save = now
+        bar.close()
+        if not valid_epochs:  # resumed after everything was done, or epochs < eval_every
+            res = self.validate()
+            best = {"score": res.mean[cfg.valid_metric], "epoch": epoch, "state": self._snapshot(), "valid": res.mean}
+        valid_counts = self.validate_counts()
+        return self._finish(history, best, valid_hits, valid_counts, valid_epochs, t_start)
+
+    def validate_counts(self) -> np.ndarray:
+        valid = self.data.valid
+        return np.bincount(valid.indices, minlength=self.data.n_items).astype(np.int64)
+
+    def _finish(self, history, best, valid_hits, valid_counts, valid_epochs, t_start) -> TrainResult:
+        self._restore(best["state"])
+        t_test = time.perf_counter()
+        test = self._evaluate(self.full_data, "test", self.cfg.mask, keep_topk=True)
+        t_test = time.perf_counter() - t_test
+        total = time.perf_counter() - t_start
+        epoch_secs = [h["train_seconds"] for h in history]
+        timings = {
+            "train_seconds_per_epoch": float(np.mean(epoch_secs)) if epoch_secs else None,
+            "eval_seconds_per_validation": float(np.mean([h["eval_seconds"] for h in history if "eval_seconds" in h]))
+            if any("eval_seconds" in h for h in history) else None,
+            "test_seconds": t_test,
+            "total_seconds": total,
+            "epochs_run": len(history),
+        }
+        hits = np.stack(valid_hits) if valid_hits else np.zeros((0, self.data.n_items), np.int32)
+        return TrainResult(history, int(best["epoch"]), dict(best["valid"]), test, hits, valid_counts,
+                           list(valid_epochs), timings, peak_memory_mb(self.device))
+
+    def _fit_own_loop(self, t_start: float) -> TrainResult:
+        """RecBole adapters: the model trains itself; we hand it OUR valid metric, never test."""
+        seed_everything(self.seed)
+        valid_hits: list[np.ndarray] = []
+        valid_epochs: list[int] = []
+
+        def valid_metrics(scorer) -> dict[str, float]:
+            res = evaluate(scorer, self.data, split="valid", ks=self.ks, mask="train",
+                           chunk_size=self.cfg.eval_chunk_size)
+            valid_hits.append(res.item_hits[self.hit_k].astype(np.int32))
+            valid_epochs.append(len(valid_epochs) + 1)
+            return res.mean
+
+        out = self.model.fit(valid_metrics, progress=self.progress)
+        history = out["history"]
+        best = {"epoch": out["best_epoch"], "valid": out["best_valid"], "state": self._snapshot()}
+        return self._finish(history, best, valid_hits, self.validate_counts(), valid_epochs, t_start)

@@ -1,0 +1,156 @@
+"""The model interface and the registry.
+
+A model is a `torch.nn.Module` that reads like its paper: it receives the TRAIN split and the item
+features (never valid/test), returns named losses for a batch, and scores users for the shared
+evaluator. Files, splits, sampling, early stopping and metrics live elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from mmbench.errors import ConfigError
+
+_REGISTRY: dict[str, type["Recommender"]] = {}
+
+
+@dataclass
+class Batch:
+    """One training batch of (user, positive item, negative item) triples."""
+
+    users: torch.Tensor
+    pos: torch.Tensor
+    neg: torch.Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.users.to(device), self.pos.to(device), self.neg.to(device))
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+class Recommender(nn.Module):
+    """Base class. Subclasses set `defaults` (model-specific config keys, may also override trainer
+    defaults such as `lr`) and optionally `presets` ({dataset name: overrides})."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    uses_features: ClassVar[bool] = False
+    # Models that bring their own training loop (RecBole adapters) set this and implement `fit`.
+    brings_own_loop: ClassVar[bool] = False
+
+    def __init__(self, data, cfg):
+        super().__init__()
+        self.n_users = data.n_users
+        self.n_items = data.n_items
+        self.cfg = cfg
+
+    # ---- training -------------------------------------------------------------------------
+    def calculate_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Named losses; the key `loss` is optimised, the others are logged."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One optimiser by default (`optimizer`, `lr`, `weight_decay` from the config)."""
+        cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        return [cls(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)]
+
+    def train_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+        """One optimisation step. Override for several optimisers (e.g. generator/discriminator)."""
+        (opt,) = optimizers
+        opt.zero_grad(set_to_none=True)
+        losses = self.calculate_loss(batch)
+        losses["loss"].backward()
+        opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def make_sampler(self, train, batch_size: int, seed: int):
+        """The batch source for one run; override for model-specific sampling (e.g. per-user)."""
+        from mmbench.train.sampler import BPRSampler
+
+        return BPRSampler(train, batch_size=batch_size, seed=seed)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook: e.g. rebuild a graph or resample edges."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Hook: e.g. decay a learning rate."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-parameter state to checkpoint (e.g. a graph rebuilt on a schedule)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores [len(users), n_items] for the shared evaluator (higher = better)."""
+        raise NotImplementedError
+
+    def begin_scoring(self) -> None:
+        """Called under no_grad before a round of `score` calls: cache propagated embeddings here."""
+
+    def end_scoring(self) -> None:
+        """Called after a round of `score` calls: drop caches."""
+
+    # ---- own training loop (RecBole adapters only) ----------------------------------------
+    def fit(self, valid_metric_fn: Callable[[Callable], dict[str, float]], progress=None) -> dict:
+        """Train with an own loop; `valid_metric_fn(scorer)` returns OUR valid metrics. Never test."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+
+def register(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
+    def wrap(cls: type[Recommender]) -> type[Recommender]:
+        old = _REGISTRY.get(name)
+        if old is not None and old is not cls:
+            same_definition = (old.__qualname__ == cls.__qualname__
+                               and old.__module__.rsplit(".", 1)[-1] == cls.__module__.rsplit(".", 1)[-1])
+            if not same_definition:
+                raise ValueError(f"model name {name!r} registered twice ({old.__module__}, {cls.__module__})")
+            return old
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def registry() -> dict[str, type[Recommender]]:
+    import mmbench.models  # noqa: F401  (importing the package registers every model)
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_model_class(name: str) -> type[Recommender]:
+    reg = registry()
+    if name not in reg:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(reg), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; known: {', '.join(reg)}")
+    return reg[name]
+
+
+def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Mean of -log sigmoid(s+ - s-), computed stably."""
+    return torch.nn.functional.softplus(neg_scores - pos_scores).mean()
+
+
+def l2_per_batch(*tensors: torch.Tensor) -> torch.Tensor:
+    """½ Σ‖x‖² / batch size: the LightGCN/NGCF embedding regulariser on the batch's ego embeddings."""
+    n = tensors[0].shape[0]
+    return sum(t.pow(2).sum() for t in tensors) / (2.0 * n)
