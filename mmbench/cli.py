@@ -47,7 +47,8 @@ def cmd_run(args) -> int:
     import torch
 
     from mmbench.data.registry import load_dataset
-    from mmbench.runner import expand_models, model_config, parse_seeds, run_all, summary_table
+    from mmbench.runner import (check_model_fits_data, expand_models, model_config, parse_seeds,
+                                run_all, summary_table)
     from mmbench.train.trainer import resolve_device
 
     models = expand_models(args.models)
@@ -56,8 +57,16 @@ def cmd_run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
+    if args.models.strip() == "all" and not data.features:
+        from mmbench.models.base import get_model_class
+
+        skipped = [m for m in models if get_model_class(m).uses_features]
+        models = [m for m in models if m not in skipped]
+        if skipped:
+            print(f"[skip] {data.name} has no item features: not running {', '.join(skipped)}", file=sys.stderr)
     for m in models:  # every config error surfaces before the first epoch
-        model_config(m, data.name, args.budget, args.config, args.set_items)
+        cfg = model_config(m, data.name, args.budget, args.config, args.set_items)
+        check_model_fits_data(m, cfg, data)
     print(f"mmbench run: {len(models)} model(s) × {len(seeds)} seed(s) on {data.name} "
           f"({data.n_users} users, {data.n_items} items, modalities {data.modalities or 'none'}) "
           f"on {device}", file=sys.stderr)

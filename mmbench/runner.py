@@ -85,6 +85,17 @@ def run_id(name: str, cfg: Config, data: Dataset, seed: int) -> str:
     return f"{hashlib.sha256(fingerprint).hexdigest()[:10]}-seed{seed}"
 
 
+def check_model_fits_data(name: str, cfg: Config, data: Dataset) -> Dataset:
+    """The dataset view the model will see; unknown modalities or a missing feature fail here."""
+    from mmbench.models.base import get_model_class
+
+    view = data.select_modalities(cfg.modalities)
+    if get_model_class(name).uses_features and not view.features:
+        raise ConfigError(f"model {name!r} needs item features but dataset {data.name!r} has none "
+                          f"(cards with features: tiktok, lastfm2k, ml100k, synthetic)")
+    return view
+
+
 def train_one(name: str, data: Dataset, cfg: Config, seed: int, device, folder: Path | None,
               progress: bool = True) -> dict[str, Any]:
     """Build, train and test one model; write its record into `folder` (if given)."""
@@ -92,9 +103,7 @@ def train_one(name: str, data: Dataset, cfg: Config, seed: int, device, folder: 
     from mmbench.train.trainer import Trainer, seed_everything
 
     cls = get_model_class(name)
-    view = data.select_modalities(cfg.modalities)
-    if cls.uses_features and not view.features:
-        raise ConfigError(f"model {name!r} needs item features but dataset {data.name!r} has none")
+    view = check_model_fits_data(name, cfg, data)
     seed_everything(seed)
     model = cls(view.train_view(), cfg)
     trainer = Trainer(model, view, cfg, seed, device, run_dir=folder, progress=progress,
