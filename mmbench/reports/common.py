@@ -1,0 +1,470 @@
+"""What every report shares: loading run records, grouping them by dataset/model/seed, and one
+table model rendered to Markdown, LaTeX (booktabs) and CSV from the SAME formatted cells, so the
+three files can never disagree.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mmbench import records, stats
+from mmbench.errors import MMBenchError
+
+MISSING = "–"
+
+# The paper's datasets first, in its column order; any other dataset follows alphabetically.
+DATASET_ORDER = ("tiktok", "baby", "sports", "allrecipes")
+DATASET_NAMES = {"tiktok": "Tiktok", "baby": "Amazon-Baby", "sports": "Amazon-Sports",
+                 "allrecipes": "Allrecipes"}
+METRIC_SHORT = {"recall": "R", "precision": "P", "ndcg": "N", "ndcg_legacy": "Nleg", "hit": "H"}
+
+
+class ReportError(MMBenchError):
+    """The results directory or a report option is unusable."""
+
+
+def warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def dataset_label(name: str) -> str:
+    return DATASET_NAMES.get(name, name)
+
+
+def metric_label(metric: str) -> str:
+    """`recall@20` -> `R@20`."""
+    base, _, k = metric.partition("@")
+    return f"{METRIC_SHORT.get(base, base)}@{k}" if k else metric
+
+
+# --------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    """One completed run folder; its arrays are read on first use."""
+
+    folder: Path
+    record: dict[str, Any]
+
+    @property
+    def model(self) -> str:
+        return self.record["model"]
+
+    @property
+    def dataset(self) -> str:
+        return self.record["dataset"]["name"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.record["seed"])
+
+    @cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        try:
+            return records.read_arrays(self.folder)
+        except (OSError, ValueError) as exc:
+            warn(f"{self.folder}: unreadable arrays ({exc}); per-user statistics skip this run")
+            return {}
+
+    def test_metric(self, metric: str) -> float:
+        v = self.record.get("test", {}).get(metric)
+        return float(v) if v is not None else float("nan")
+
+    def per_user(self, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(test users, per-user test metric) or None when the arrays lack it."""
+        a = self.arrays
+        key = f"test/{metric}"
+        if "test_users" not in a or key not in a:
+            return None
+        return a["test_users"].astype(np.int64), a[key].astype(np.float64)
+
+    def train_user_degree(self) -> np.ndarray | None:
+        return self._degree("train_user_degree", user=True)
+
+    def train_item_degree(self) -> np.ndarray | None:
+        return self._degree("train_item_degree", user=False)
+
+    def _degree(self, key: str, user: bool) -> np.ndarray | None:
+        if key in self.arrays:
+            return self.arrays[key].astype(np.int64)
+        ds = _load_dataset(self.dataset)
+        if ds is None:
+            return None
+        train = ds.train
+        if user:
+            return np.diff(train.indptr).astype(np.int64)
+        return np.bincount(train.indices, minlength=ds.n_items).astype(np.int64)
+
+
+_DATASETS: dict[str, Any] = {}
+
+
+def _load_dataset(name: str):
+    """Fallback for records without degree arrays: the dataset itself (cached); None if unloadable."""
+    if name not in _DATASETS:
+        try:
+            from mmbench.data.registry import load_dataset
+
+            _DATASETS[name] = load_dataset(name)
+        except Exception as exc:  # noqa: BLE001 - any failure means "no degrees", never a crash
+            warn(f"training degrees for {name!r} are not in the records and the dataset cannot be "
+                 f"loaded ({type(exc).__name__}: {exc}); sparsity buckets show {MISSING}")
+            _DATASETS[name] = None
+    return _DATASETS[name]
+
+
+class RunSet:
+    """Completed runs grouped as {dataset: {model: [runs sorted by seed]}}.
+
+    When a (dataset, model) has runs with different configs (e.g. a smoke and a full budget), only
+    the config of its most recent run is kept, so seeds are never pooled across configs; when a
+    seed was run twice under that config, the most recent run wins. Both cases are warned about.
+    """
+
+    def __init__(self, runs: list[Run]):
+        grouped: dict[str, dict[str, list[Run]]] = {}
+        for r in runs:
+            grouped.setdefault(r.dataset, {}).setdefault(r.model, []).append(r)
+        self.groups: dict[str, dict[str, list[Run]]] = {}
+        for ds, models in grouped.items():
+            for model, rs in models.items():
+                self.groups.setdefault(ds, {})[model] = self._select(ds, model, rs)
+
+    @staticmethod
+    def _select(ds: str, model: str, rs: list[Run]) -> list[Run]:
+        rs = sorted(rs, key=lambda r: str(r.record.get("created", "")))
+        chosen_hash = rs[-1].record.get("config_hash")
+        kept = [r for r in rs if r.record.get("config_hash") == chosen_hash]
+        if len(kept) < len(rs):
+            warn(f"{ds}/{model}: runs with {len({r.record.get('config_hash') for r in rs})} different "
+                 f"configs; using config {chosen_hash} (its most recent run), ignoring {len(rs) - len(kept)} run(s)")
+        by_seed: dict[int, Run] = {}
+        for r in kept:  # sorted by creation: later runs of a seed replace earlier ones
+            if r.seed in by_seed:
+                warn(f"{ds}/{model}: seed {r.seed} ran twice with the same config; using {r.folder}")
+            by_seed[r.seed] = r
+        return [by_seed[s] for s in sorted(by_seed)]
+
+    def datasets(self) -> list[str]:
+        known = [d for d in DATASET_ORDER if d in self.groups]
+        return known + sorted(d for d in self.groups if d not in DATASET_ORDER)
+
+    def models(self, dataset: str) -> list[str]:
+        return sorted(self.groups.get(dataset, {}))
+
+    def all_models(self) -> set[str]:
+        return {m for models in self.groups.values() for m in models}
+
+    def runs(self, dataset: str, model: str | None) -> list[Run]:
+        if model is None:
+            return []
+        return self.groups.get(dataset, {}).get(model, [])
+
+    # ---- per-metric views ------------------------------------------------------------------
+    def summary(self, dataset: str, model: str | None, metric: str) -> tuple[float, float, int]:
+        """(mean, std, n seeds) of the records' test metric."""
+        return stats.seed_summary(r.test_metric(metric) for r in self.runs(dataset, model))
+
+    def by_seed(self, dataset: str, model: str | None, metric: str) -> dict[int, float]:
+        return {r.seed: r.test_metric(metric) for r in self.runs(dataset, model)
+                if np.isfinite(r.test_metric(metric))}
+
+    def per_user(self, dataset: str, model: str | None, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-user test metric averaged over the seeds (common users), or None."""
+        parts = [p for p in (r.per_user(metric) for r in self.runs(dataset, model)) if p is not None]
+        if not parts:
+            return None
+        return stats.mean_over_seeds(parts)
+
+    def user_degree(self, dataset: str) -> np.ndarray | None:
+        return self._first(dataset, Run.train_user_degree)
+
+    def item_degree(self, dataset: str) -> np.ndarray | None:
+        return self._first(dataset, Run.train_item_degree)
+
+    def _first(self, dataset: str, getter: Callable[[Run], np.ndarray | None]) -> np.ndarray | None:
+        """The split is fixed per dataset, so any run's training degrees serve them all."""
+        for model in self.models(dataset):
+            for r in self.runs(dataset, model):
+                d = getter(r)
+                if d is not None:
+                    return d
+        return None
+
+
+def load_runs(results: str | Path) -> RunSet:
+    """Every completed run under `results` (its `runs/` subfolder or anywhere below it)."""
+    root = Path(results)
+    if not root.is_dir():
+        raise ReportError(f"--results {root}: no such directory")
+    runs: list[Run] = []
+    for folder in records.find_records(root):
+        try:
+            rec = records.read_record(folder)
+            rec["dataset"]["name"], rec["model"], rec["seed"]  # noqa: B018 - required keys
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warn(f"{folder}: unreadable run record ({type(exc).__name__}: {exc}); skipped")
+            continue
+        runs.append(Run(folder, rec))
+    if not runs:
+        raise ReportError(f"--results {root}: no run records (record.json) found")
+    return RunSet(runs)
+
+
+# --------------------------------------------------------------------------- formatting
+def fmt_value(mean: float, std: float = float("nan"), digits: int = 4) -> str:
+    """`0.0921`, or `0.0921 ± 0.0012` when a seed std exists; `–` when missing."""
+    if mean is None or not np.isfinite(mean):
+        return MISSING
+    if std is not None and np.isfinite(std):
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return MISSING
+    if p == 0:
+        return "0"
+    return f"{p:.2e}" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_pct(x: float, arrows: bool = False) -> str:
+    """A relative change as a percentage; with arrows `↑8.99%` / `↓3.10%` like Table 4."""
+    if x is None or not np.isfinite(x):
+        return MISSING
+    if arrows:
+        return f"{'↑' if x >= 0 else '↓'}{abs(x) * 100:.2f}%"
+    return f"{x * 100:.2f}%"
+
+
+def fmt_int(x) -> str:
+    return MISSING if x is None else str(int(x))
+
+
+# --------------------------------------------------------------------------- tables
+@dataclass
+class Cell:
+    text: str = MISSING
+    mark: str = ""  # "" | "best" | "second"
+
+
+@dataclass
+class Block:
+    """A header (column groups + column names) and rows; tables with one header have one block."""
+
+    name: str
+    groups: list[tuple[str, int]]  # (group label, span) over the data columns; label "" = none
+    columns: list[str]
+    rows: list[tuple[str, list[Cell]]] = field(default_factory=list)
+    rules: set[int] = field(default_factory=set)  # draw a rule before these row indices
+
+    def add(self, label: str, cells: list[Cell | str], rule: bool = False) -> None:
+        if rule:
+            self.rules.add(len(self.rows))
+        cells = [c if isinstance(c, Cell) else Cell(c) for c in cells]
+        if len(cells) != len(self.columns):
+            raise ValueError(f"row {label!r}: {len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append((label, cells))
+
+    def column_group(self, j: int) -> str:
+        pos = 0
+        for label, span in self.groups:
+            if pos <= j < pos + span:
+                return label
+            pos += span
+        return ""
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    caption: str
+    row_header: str
+    blocks: list[Block]
+
+
+def mark_best(cells: list[Cell], values: list[float]) -> None:
+    """Bold the best value(s), underline the second best (ties share the mark)."""
+    finite = sorted({v for v in values if v is not None and np.isfinite(v)}, reverse=True)
+    if not finite:
+        return
+    for c, v in zip(cells, values):
+        if v is None or not np.isfinite(v):
+            continue
+        if v == finite[0]:
+            c.mark = "best"
+        elif len(finite) > 1 and v == finite[1]:
+            c.mark = "second"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(t: Table) -> str:
+    out = [f"# {t.title}", "", t.caption, ""]
+    for b in t.blocks:
+        if b.name:
+            out += [f"## {b.name}", ""]
+        heads = [t.row_header] + [" ".join(x for x in (b.column_group(j), c) if x)
+                                  for j, c in enumerate(b.columns)]
+        out.append("| " + " | ".join(_md_escape(h) for h in heads) + " |")
+        out.append("|" + "|".join([":---"] + ["---:"] * len(b.columns)) + "|")
+        for label, cells in b.rows:
+            texts = []
+            for c in cells:
+                s = _md_escape(c.text)
+                if c.mark == "best":
+                    s = f"**{s}**"
+                elif c.mark == "second":
+                    s = f"<u>{s}</u>"
+                texts.append(s)
+            out.append("| " + " | ".join([_md_escape(label)] + texts) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+_TEX_SUBS = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+             ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"),
+             ("^", r"\textasciicircum{}")]
+_TEX_SYMBOLS = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "∞": r"$\infty$",
+                MISSING: "--", "−": "$-$", "—": "---", "≥": r"$\geq$", "≤": r"$\leq$", "Δ": r"$\Delta$", "×": r"$\times$"}
+
+
+def tex_escape(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _TEX_SYMBOLS:
+            out.append(_TEX_SYMBOLS[ch])
+            continue
+        for a, b in _TEX_SUBS:
+            if ch == a:
+                ch = b
+                break
+        out.append(ch)
+    return "".join(out)
+
+
+def to_latex(t: Table) -> str:
+    """One booktabs tabular per block inside one table float."""
+    out = [f"% {t.title} -- generated by `mmbench report`; every number comes from a run record",
+           r"% needs \usepackage{booktabs} (and graphicx for the \resizebox of wide tables)",
+           r"\begin{table*}[t]", r"\centering", r"\small",
+           rf"\caption{{{tex_escape(t.caption)}}}", rf"\label{{tab:{t.name}}}"]
+    for b in t.blocks:
+        if b.name:
+            out.append(rf"\par\smallskip\textbf{{{tex_escape(b.name)}}}\par\smallskip")
+        wide = len(b.columns) > WIDE_COLUMNS
+        if wide:
+            out.append(r"\resizebox{\linewidth}{!}{%")
+        out.append(r"\begin{tabular}{l" + "r" * len(b.columns) + "}")
+        out.append(r"\toprule")
+        if any(label for label, _ in b.groups):
+            heads, rules, col = [""], [], 2
+            for label, span in b.groups:
+                heads.append(rf"\multicolumn{{{span}}}{{c}}{{{tex_escape(label)}}}" if span > 1 else tex_escape(label))
+                if label:
+                    rules.append(rf"\cmidrule(lr){{{col}-{col + span - 1}}}")
+                col += span
+            out.append(" & ".join(heads) + r" \\")
+            out.append(" ".join(rules))
+        out.append(" & ".join([tex_escape(t.row_header)] + [tex_escape(c) for c in b.columns]) + r" \\")
+        out.append(r"\midrule")
+        for i, (label, cells) in enumerate(b.rows):
+            if i in b.rules and i > 0:
+                out.append(r"\midrule")
+            texts = []
+            for c in cells:
+                s = tex_escape(c.text)
+                if c.mark == "best":
+                    s = rf"\textbf{{{s}}}"
+                elif c.mark == "second":
+                    s = rf"\underline{{{s}}}"
+                texts.append(s)
+            label = tex_escape(label)
+            if label.startswith("["):  # `\\` would read a leading [..] as its optional argument
+                label = "{}" + label
+            out.append(" & ".join([label] + texts) + r" \\")
+        out.append(r"\bottomrule")
+        out.append(r"\end{tabular}" + ("}" if wide else ""))
+    out.append(r"\end{table*}")
+    return "\n".join(out) + "\n"
+
+
+WIDE_COLUMNS = 10  # LaTeX tabulars wider than this are scaled to the line width
+
+CSV_COLUMNS = ["block", "row", "group", "column", "value", "mark"]
+
+
+def to_csv(t: Table) -> str:
+    """Tidy CSV: one line per cell (block, row, column group, column, displayed value, mark)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for b in t.blocks:
+        for label, cells in b.rows:
+            for j, c in enumerate(cells):
+                w.writerow([b.name, label, b.column_group(j), b.columns[j], c.text, c.mark])
+    return buf.getvalue()
+
+
+def write_table(t: Table, out: Path, formats=("md", "tex", "csv")) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    render = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
+    paths = []
+    for fmt in formats:
+        p = out / f"{t.name}.{fmt}"
+        records.atomic_write_bytes(p, render[fmt](t).encode("utf-8"))
+        paths.append(p)
+    return paths
+
+
+# --------------------------------------------------------------------------- comparisons
+@dataclass
+class Comparison:
+    """One printed test: where it goes in a table and its result (Holm filled in by `correct`)."""
+
+    key: tuple
+    result: stats.PairedResult | None
+    p_holm: float = float("nan")
+
+    @property
+    def p(self) -> float:
+        return self.result.p if self.result is not None else float("nan")
+
+
+def correct(comparisons: list[Comparison]) -> None:
+    """Holm–Bonferroni over every comparison of one artefact (its whole printed family)."""
+    adjusted = stats.holm([c.p for c in comparisons])
+    for c, p in zip(comparisons, adjusted):
+        c.p_holm = float(p)
+
+
+def per_user_test(rs: RunSet, dataset: str, a: str | None, b: str | None, metric: str, test: str,
+                  users: np.ndarray | None = None) -> stats.PairedResult | None:
+    """Per-user paired test of model a vs b (per-user means over seeds), optionally on a user subset."""
+    pa, pb = rs.per_user(dataset, a, metric), rs.per_user(dataset, b, metric)
+    if pa is None or pb is None:
+        return None
+    common, va, vb = stats.align(pa[0], pa[1], pb[0], pb[1])
+    if users is not None:
+        keep = np.isin(common, users)
+        va, vb = va[keep], vb[keep]
+    if len(va) == 0:
+        return None
+    return stats.paired_test(va, vb, test)
+
+
+def family_note(test: str, what: str) -> str:
+    return (f"p-values: {stats.TEST_NAMES[test]} on per-user {what} (each user's metric averaged over "
+            "the seeds), raw and Holm–Bonferroni-corrected; Holm's family is every test printed in "
+            "this artefact.")

@@ -1,0 +1,175 @@
+"""Table 2 rebuilt from our runs: the paper's rows in its order, datasets as column groups,
+R@20 / P@20 / N@20 (mean ± std over seeds), best bold and second underlined, then the reference
+model (MMSSL) against the best baseline: per-user and across-seed p-values (raw and Holm) and the
+relative improvement. Optionally the paper's published numbers beside ours, labelled as such.
+"""
+from __future__ import annotations
+
+import csv
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Table, correct,
+                                    dataset_label, family_note, fmt_p, fmt_pct, fmt_value,
+                                    mark_best, metric_label, per_user_test, write_table)
+from mmbench import stats
+
+# (the paper's row label, our registered model or None when we have no implementation)
+PAPER_ROWS: list[tuple[str, str | None]] = [
+    ("MF-BPR", "mf-bpr"), ("NGCF", "recbole-ngcf"), ("LightGCN", "lightgcn"), ("SGL", "recbole-sgl"),
+    ("NCL", "recbole-ncl"), ("HCCF", None), ("VBPR", "vbpr"), ("LightGCN-M", "lightgcn-m"),
+    ("MMGCN", "mmgcn"), ("GRCN", "grcn"), ("LATTICE", "lattice"), ("CLCRec", None), ("MMGCL", None),
+    ("SLMRec", "slmrec"), ("MMSSL", "mmssl"),
+]
+# Reference and cross-check implementations, shown below the paper's rows and never ranked.
+EXTRA_ROWS: list[tuple[str, str]] = [
+    ("MMSSL (official code)", "mmssl-official"), ("BPR (RecBole)", "recbole-bpr"),
+    ("LightGCN (RecBole)", "recbole-lightgcn"),
+]
+ABLATIONS = ("mmssl-wo-asl", "mmssl-wo-cl", "mmssl-wo-gt", "mmssl-rp-gae")  # Table 3's rows
+METRICS = ("recall@20", "precision@20", "ndcg@20")
+PAPER_FILE = "paper_table2.csv"
+
+
+def load_paper_table2() -> dict[tuple[str, str], dict[str, float]]:
+    """{(paper row, paper dataset name): {metric: value}} from the typed copy of the paper's table."""
+    text = resources.files("mmbench.reports").joinpath(PAPER_FILE).read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    out = {}
+    for row in csv.DictReader(lines):
+        out[(row["row"], row["dataset"])] = {m: float(row[m]) for m in METRICS}
+    return out
+
+
+def _fmt_delta(x: float) -> str:
+    return MISSING if not np.isfinite(x) else f"{x:+.4f}"
+
+
+def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_reference: bool = False) -> Table:
+    datasets = rs.datasets()
+    main = list(PAPER_ROWS)
+    known = {m for _, m in main if m} | {m for _, m in EXTRA_ROWS} | set(ABLATIONS)
+    extras = list(EXTRA_ROWS) + [(m, m) for m in sorted(rs.all_models() - known)]
+    if reference not in {m for _, m in main + extras}:
+        extras.append((reference, reference))
+    label_of = {m: lab for lab, m in main + extras if m}
+    paper = load_paper_table2() if paper_reference else {}
+    paper_ds = {ds for ds in datasets if any(k[1] == dataset_label(ds) for k in paper)}
+
+    # ---- columns: per dataset our three metrics (+ the paper's and the deltas) ----------------
+    columns: list[tuple[str, str, str]] = []  # (dataset, kind: ours|paper|delta, metric)
+    groups = []
+    for ds in datasets:
+        kinds = ("ours", "paper", "delta") if ds in paper_ds else ("ours",)
+        cols = [(ds, kind, m) for kind in kinds for m in METRICS]
+        columns += cols
+        groups.append((dataset_label(ds), len(cols)))
+    names = {"ours": "{}", "paper": "paper {}", "delta": "Δ {}"}
+    block = Block("", groups, [names[k].format(metric_label(m)) for _, k, m in columns])
+
+    # ---- model rows ------------------------------------------------------------------------
+    def model_cells(label: str, model: str | None, is_paper_row: bool) -> list[Cell]:
+        cells = []
+        for ds, kind, m in columns:
+            mean, std, _ = rs.summary(ds, model, m)
+            pv = paper.get((label, dataset_label(ds)), {}).get(m, float("nan")) if is_paper_row else float("nan")
+            if kind == "ours":
+                cells.append(Cell(fmt_value(mean, std)))
+            elif kind == "paper":
+                cells.append(Cell(fmt_value(pv)))
+            else:
+                cells.append(Cell(_fmt_delta(mean - pv)))
+        return cells
+
+    main_cells = [model_cells(lab, m, True) for lab, m in main]
+    for j, (ds, kind, m) in enumerate(columns):
+        if kind == "ours":
+            mark_best([row[j] for row in main_cells], [rs.summary(ds, mdl, m)[0] for _, mdl in main])
+    for (lab, _), cells in zip(main, main_cells):
+        block.add(lab, cells)
+    for i, (lab, m) in enumerate(extras):
+        block.add(lab, model_cells(lab, m, False), rule=i == 0)
+
+    # ---- the reference against the best baseline -----------------------------------------
+    baselines = [m for _, m in main if m and m != reference]
+    comps: dict[tuple, Comparison] = {}
+    best_of: dict[tuple, str | None] = {}
+    for ds in datasets:
+        for m in METRICS:
+            means = {b: rs.summary(ds, b, m)[0] for b in baselines}
+            means = {b: v for b, v in means.items() if np.isfinite(v)}
+            best = max(means, key=lambda b: (means[b], -baselines.index(b))) if means else None
+            best_of[(ds, m)] = best
+            if best is None or not rs.runs(ds, reference):
+                continue
+            comps[("user", ds, m)] = Comparison(("user", ds, m), per_user_test(rs, ds, reference, best, m, test))
+            sa, sb = rs.by_seed(ds, reference, m), rs.by_seed(ds, best, m)
+            if len(set(sa) & set(sb)) >= 2:
+                comps[("seed", ds, m)] = Comparison(("seed", ds, m), stats.seed_test(sa, sb))
+    family = [c for c in comps.values() if np.isfinite(c.p)]
+    correct(family)
+
+    def stat_row(fn, paper_fn=None) -> list[Cell]:
+        cells = []
+        for ds, kind, m in columns:
+            if kind == "ours":
+                cells.append(Cell(fn(ds, m)))
+            elif kind == "paper" and paper_fn is not None:
+                cells.append(Cell(paper_fn(ds, m)))
+            else:
+                cells.append(Cell(MISSING))
+        return cells
+
+    def p_text(kind: str, holm: bool):
+        def f(ds, m):
+            c = comps.get((kind, ds, m))
+            return MISSING if c is None else fmt_p(c.p_holm if holm else c.p)
+        return f
+
+    def improv(ds, m):
+        best = best_of[(ds, m)]
+        a, b = rs.summary(ds, reference, m)[0], rs.summary(ds, best, m)[0]
+        return fmt_pct((a - b) / b) if best and np.isfinite(a) and b else MISSING
+
+    def paper_val(row, scale=1.0, fmt=fmt_p):
+        def f(ds, m):
+            v = paper.get((row, dataset_label(ds)), {}).get(m)
+            return MISSING if v is None else fmt(v * scale)
+        return f
+
+    ref_label = label_of.get(reference, reference)
+    block.add("Best baseline", stat_row(lambda ds, m: label_of.get(best_of[(ds, m)], MISSING)
+                                        if best_of[(ds, m)] else MISSING), rule=True)
+    block.add("p-value (per-user, raw)", stat_row(p_text("user", False)))
+    block.add("p-value (per-user, Holm)", stat_row(p_text("user", True)))
+    block.add("p-value (seeds, raw)", stat_row(p_text("seed", False)))
+    block.add("p-value (seeds, Holm)", stat_row(p_text("seed", True)))
+    if paper_ds:
+        block.add("p-value (as published)", stat_row(lambda ds, m: MISSING, paper_val("p-value")))
+    block.add("Improv.", stat_row(improv, paper_val("Improv.", 0.01, fmt_pct) if paper_ds else None))
+
+    mapping = ", ".join(f"{lab}={m}" for lab, m in main if m)
+    missing = ", ".join(lab for lab, m in main if m is None)
+    caption = (
+        "Performance comparison (Table 2 of Wei et al., WWW'23, rebuilt from our run records): test "
+        "Recall@20 (R@20), Precision@20 (P@20) and NDCG@20 (N@20); mean ± sample std over seeds when a "
+        "model ran with several seeds. Bold = best, underlined = second best among the paper's rows "
+        f"(above the first rule); rows below it are reference and cross-check implementations (not "
+        f"ranked). Best baseline = the paper's row with the highest mean other than {ref_label}, per "
+        f"column; the p-values and Improv. compare {ref_label} against it. "
+        + family_note(test, "metrics")
+        + f" p-value (seeds): two-sided paired t-test over the per-seed means matched by seed (≥2 common "
+        f"seeds). Holm family size: {len(family)}. Improv. = ({ref_label} − best baseline) / best "
+        f"baseline. Rows map to models {mapping}; {missing} have no implementation. {MISSING} = no run."
+    )
+    if paper_ds:
+        caption += (" Columns 'paper' hold the values PUBLISHED in the paper's Table 2 (typed into "
+                    f"mmbench/reports/{PAPER_FILE}), not ours; Δ = ours − paper.")
+    return Table("table2", "Table 2: performance comparison", caption, "Model", [block])
+
+
+def write(rs: RunSet, out: Path, test: str = "ttest", reference: str = "mmssl",
+          paper_reference: bool = False) -> list[Path]:
+    return write_table(build(rs, test, reference, paper_reference), out)
