@@ -1,0 +1,38 @@
+"""LightGCN-M (the MMSSL paper's baseline, WWW 2023 §4.1.3): LightGCN whose item input also carries
+the item's multimodal content, so the features take part in the graph message passing.
+
+Item ego embedding = ID embedding + W·f_i, where f_i is every modality concatenated (each normalised
+first, `feature_norm`) and W a linear map without bias (one linear map of the concatenation is the
+sum of one linear map per modality). User ego = ID embedding. Propagation, layer mean, BPR and the
+regulariser (on the ID ego rows of the batch) are LightGCN's; W is left unregularised.
+The paper gives no more detail than "incorporate multi-modal item features during the graph-based
+message passing", so this is our reading of it.
+
+`feature_norm` defaults to `zscore` (centred columns): on TikTok VALID, `l2` rows (all image rows share
+one dominant direction) peaked at R@20 0.052 by epoch 3, zscore kept improving to 0.077 (epoch 77).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmbench.models.base import register
+from mmbench.models.lightgcn import LightGCN, propagate
+from mmbench.models.multimodal import ItemFeatures
+
+
+@register("lightgcn-m")
+class LightGCNM(LightGCN):
+    defaults = {**LightGCN.defaults, "feature_norm": "zscore"}
+    uses_features = True
+
+    def __init__(self, data, cfg):
+        super().__init__(data, cfg)
+        self.features = ItemFeatures(data.features, cfg.feature_norm)
+        self.project = nn.Linear(sum(self.features.dims), cfg.embedding_size, bias=False)
+        nn.init.xavier_uniform_(self.project.weight)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        items = self.item_emb.weight + self.project(self.features.concat())
+        out = propagate(self.adj, torch.cat([self.user_emb.weight, items]), self.cfg.n_layers)
+        return out[: self.n_users], out[self.n_users :]

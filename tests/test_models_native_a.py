@@ -1,0 +1,206 @@
+"""Native multimodal baselines VBPR, LightGCN-M and MMGCN: shapes, zero-degree safety, determinism,
+any number of modalities, and a short training run that must beat a random scorer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from mmbench.data.dataset import TrainData, to_csr
+from mmbench.data.synthetic import make_synthetic
+from mmbench.errors import ConfigError
+from mmbench.models.base import Batch, get_model_class
+from mmbench.models.multimodal import ItemFeatures, mean_bipartite_adjacency, normalize_features
+from mmbench.runner import model_config, train_one
+from mmbench.train.trainer import resolve_device
+
+MODELS = ("vbpr", "lightgcn-m", "mmgcn")
+CPU = resolve_device("cpu")
+MODALITY_SETS = {1: {"image": 24}, 2: {"image": 24, "text": 12}, 3: {"image": 24, "text": 12, "audio": 6}}
+
+
+def cfg(name: str, *sets: str):
+    return model_config(name, "synthetic", "full", None, list(sets))
+
+
+def build(name: str, data: TrainData, *sets: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return get_model_class(name)(data, cfg(name, *sets))
+
+
+def tiny(n_modalities: int = 2) -> TrainData:
+    """10 users × 12 items; user 9 and items 10, 11 have no training interactions."""
+    rng = np.random.default_rng(0)
+    rows, cols = [], []
+    for u in range(9):
+        for i in rng.choice(10, size=3, replace=False):
+            rows.append(u)
+            cols.append(int(i))
+    train = to_csr(rows, cols, 10, 12)
+    feats = {m: rng.standard_normal((12, d)).astype(np.float32) for m, d in MODALITY_SETS[n_modalities].items()}
+    feats[next(iter(feats))][11] = 0.0  # an all-zero feature row must not produce NaN either
+    return TrainData(10, 12, train, feats, "tiny")
+
+
+def random_recall(data, split: str, k: int = 20) -> float:
+    """Expected Recall@k of a uniformly random ranking over the unmasked (non-train) items."""
+    held = data.split(split)
+    users = np.flatnonzero(np.diff(held.indptr) > 0)
+    candidates = data.n_items - np.diff(data.train.indptr)[users]
+    return float(np.mean(np.minimum(1.0, k / candidates)))
+
+
+@pytest.fixture(scope="module")
+def synth3():
+    return make_synthetic(n_users=300, n_items=200, modalities=MODALITY_SETS[3], seed=3)
+
+
+# --------------------------------------------------------------------------- shapes and safety
+
+@pytest.mark.parametrize("n_mod", [1, 2, 3])
+@pytest.mark.parametrize("name", MODELS)
+def test_shapes_losses_and_gradients(name, n_mod):
+    data = tiny(n_mod)
+    model = build(name, data)
+    batch = Batch(torch.tensor([0, 1, 9]), torch.tensor([1, 2, 10]), torch.tensor([11, 3, 4]))
+    losses = model.calculate_loss(batch)
+    assert set(losses) >= {"loss", "bpr", "reg"}
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    with torch.no_grad():
+        model.begin_scoring()
+        scores = model.score(torch.arange(10))
+        model.end_scoring()
+        direct = model.score(torch.tensor([9, 2]))  # without the cache
+    assert scores.shape == (10, 12)
+    assert torch.isfinite(scores).all(), "zero-degree user 9 / items 10-11 / zero feature row gave NaN"
+    assert torch.allclose(direct, scores[[9, 2]], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_are_buffers_not_checkpoint_state(name):
+    model = build(name, tiny(2))
+    assert not any("_feat" in k for k in model.state_dict())
+    assert len(model.features) == 2
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_same_seed_same_model_and_training(name, synth3):
+    a = build(name, synth3.train_view(), seed=5)
+    b = build(name, synth3.train_view(), seed=5)
+    c = build(name, synth3.train_view(), seed=6)
+    users = torch.arange(20)
+    with torch.no_grad():
+        assert torch.equal(a.score(users), b.score(users))
+        assert not torch.equal(a.score(users), c.score(users))
+    config = cfg(name, "epochs=2", "patience=2")
+    r1 = train_one(name, synth3, config, 11, CPU, None, progress=False)
+    r2 = train_one(name, synth3, config, 11, CPU, None, progress=False)
+    assert r1["test"] == r2["test"] and r1["valid"] == r2["valid"]
+    assert [h["losses"] for h in r1["history"]] == [h["losses"] for h in r2["history"]]
+
+
+# --------------------------------------------------------------------------- learning
+
+# MMGCN learns slowly at its paper lr (5e-4) on this tiny problem; a larger lr keeps the test short.
+FAST = {"mmgcn": ["lr=5e-3"]}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_short_training_beats_random(name, synth3):
+    rec = train_one(name, synth3, cfg(name, "epochs=25", "patience=25", *FAST.get(name, [])), 1, CPU, None,
+                    progress=False)
+    for split, got in (("valid", rec["valid"]["recall@20"]), ("test", rec["test"]["recall@20"])):
+        base = random_recall(synth3, split)
+        assert got > 1.5 * base, f"{name} {split} recall@20 {got:.3f} vs random {base:.3f}"
+
+
+@pytest.mark.parametrize("modalities", [["audio"], ["image", "audio"]])
+def test_modality_selection_reaches_the_model(modalities, synth3):
+    """`--set modalities=...` decides how many feature blocks a model sees (and trains with them)."""
+    c = cfg("mmgcn", "epochs=1", f"modalities={','.join(modalities)}")
+    assert c.modalities == modalities
+    rec = train_one("mmgcn", synth3, c, 1, CPU, None, progress=False)
+    assert rec["dataset"]["modalities"] == modalities
+    assert np.isfinite(rec["valid"]["recall@20"])
+
+
+# --------------------------------------------------------------------------- model-specific
+
+def test_mmgcn_id_and_preference_are_trained():
+    """The authors' code leaves them unregistered (frozen at init); ours must learn them."""
+    data = tiny(2)
+    model = build("mmgcn", data)
+    names = {n for n, _ in model.named_parameters()}
+    assert "id_emb" in names and {"branches.0.preference", "branches.1.preference"} <= names
+    before = model.id_emb.detach().clone(), model.branches[0].preference.detach().clone()
+    opt = model.configure_optimizers()
+    model.train_step(Batch(torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([5, 6])), opt)
+    assert not torch.equal(before[0], model.id_emb.detach())
+    assert not torch.equal(before[1], model.branches[0].preference.detach())
+
+
+def test_mmgcn_combine_modes_and_layers():
+    data = tiny(2)
+    for sets in (("combine=add",), ("n_layers=1",), ("n_layers=3", "latent_size=16")):
+        model = build("mmgcn", data, *sets)
+        with torch.no_grad():
+            assert torch.isfinite(model.score(torch.arange(10))).all()
+    with pytest.raises(ConfigError):
+        build("mmgcn", data, "combine=max")
+
+
+def test_vbpr_switches_and_score_decomposition():
+    data = tiny(2)
+    model = build("vbpr", data)
+    with torch.no_grad():
+        model.beta_item.fill_(0.5)
+        model.beta_visual.normal_()
+        u, i = torch.tensor([3]), torch.tensor([4])
+        f = model.features.concat()[i]
+        expect = (0.5 + model.gamma_user(u) @ model.gamma_item(i).T
+                  + model.theta_user(u) @ model.project(f).T + f @ model.beta_visual)
+        assert torch.allclose(model.score(u)[:, 4], expect.ravel(), atol=1e-5)
+    plain = build("vbpr", data, "item_bias=false", "visual_bias=false", "reg_content=0.01")
+    assert plain.beta_item is None and plain.beta_visual is None
+    loss = plain.calculate_loss(Batch(torch.tensor([0]), torch.tensor([1]), torch.tensor([2])))
+    assert torch.isfinite(loss["loss"]) and loss["reg"] > 0
+
+
+def test_lightgcn_m_features_enter_the_item_input():
+    """Same IDs, different features => different item embeddings (the content is propagated)."""
+    data = tiny(1)
+    other = TrainData(data.n_users, data.n_items, data.train,
+                      {k: np.roll(v, 1, axis=0) for k, v in data.features.items()}, "tiny")
+    a, b = build("lightgcn-m", data), build("lightgcn-m", other)
+    with torch.no_grad():
+        assert not torch.allclose(a.forward()[1], b.forward()[1])
+
+
+# --------------------------------------------------------------------------- helpers
+
+def test_normalize_features_guards_zero_rows_and_columns():
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [1.0, 4.0]], dtype=np.float32)
+    l2 = normalize_features(x, "l2")
+    assert np.allclose(np.linalg.norm(l2, axis=1), [1, 0, 1])
+    z = normalize_features(np.array([[1.0, 2.0, 5.0], [1.0, 4.0, 6.0], [1.0, 0.0, 9.0]]), "zscore")
+    assert np.isfinite(z).all() and np.allclose(z[:, 0], 0)  # a constant column stays 0, no NaN
+    assert np.allclose(z.mean(0), 0, atol=1e-6)
+    assert np.isclose((z[:, 1:] ** 2).sum(1).mean(), 2 / 3)  # variance 1/d per non-constant column
+    assert np.array_equal(normalize_features(x, "none"), x)
+    with pytest.raises(ConfigError):
+        normalize_features(x, "minmax")
+    with pytest.raises(ConfigError):
+        ItemFeatures({"image": x}, "l2", modalities=["text"])
+
+
+def test_mean_adjacency_averages_neighbours_and_keeps_isolated_rows_empty():
+    train = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32))
+    adj = mean_bipartite_adjacency(train).to_dense()
+    sums = adj.sum(1)
+    assert adj.shape == (6, 6)
+    assert torch.allclose(sums, torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0]))
+    assert torch.allclose(adj[4, :3], torch.tensor([0.5, 0.5, 0.0]))  # item 1 averages users 0 and 1
