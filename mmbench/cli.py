@@ -89,16 +89,21 @@ def cmd_models(args) -> int:
     from mmbench.models.base import registry
 
     for name, cls in registry().items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        mod_doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        line = mod_doc[0] if mod_doc else doc
+        own = (cls.__dict__.get("__doc__") or "").strip().splitlines()
+        module = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        shared_module = sum(c.__module__ == cls.__module__ for c in registry().values()) > 1
+        line = ((own or module) if shared_module else (module or own) or [""])[0]
         print(f"{name:22s} {line}")
         if args.verbose:
             for k, v in cls.defaults.items():
                 print(f"    {k} = {v}")
             for ds in cls.presets:
                 print(f"    preset: {ds}")
-    return 0
+    from mmbench.models import BROKEN
+
+    for module, error in BROKEN.items():
+        print(f"BROKEN module models/{module}.py: {error}", file=sys.stderr)
+    return 1 if BROKEN else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
