@@ -112,6 +112,30 @@ class Recommender(nn.Module):
         return torch.device("cpu")
 
 
+class EmbeddingRecommender(Recommender):
+    """A recommender whose score is the dot product of final user and item embeddings.
+
+    Subclasses implement `final_embeddings()`; evaluation computes them once per round (cached between
+    `begin_scoring` and `end_scoring`) instead of once per chunk of users."""
+
+    _scoring_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user embeddings [n_users, d], item embeddings [n_items, d])."""
+        raise NotImplementedError
+
+    def begin_scoring(self) -> None:
+        self._scoring_cache = self.final_embeddings()
+
+    def end_scoring(self) -> None:
+        self._scoring_cache = None
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        cached = self._scoring_cache
+        user_e, item_e = cached if cached is not None else self.final_embeddings()
+        return user_e[users] @ item_e.T
+
+
 def register(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
     def wrap(cls: type[Recommender]) -> type[Recommender]:
         old = _REGISTRY.get(name)

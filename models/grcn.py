@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbench.models.base import Batch, Recommender, bpr_loss, register
+from mmbench.models.base import Batch, EmbeddingRecommender, bpr_loss, register
 from mmbench.models.graph import bipartite_adjacency
 from mmbench.models.knn import EdgePattern
 
 
 @register("grcn")
-class GRCN(Recommender):
+class GRCN(EmbeddingRecommender):
     """Defaults: 64-d latent, 3 routing rounds, 2 ID-graph layers (as the paper/original code)."""
 
     uses_features = True
@@ -55,7 +55,6 @@ class GRCN(Recommender):
             self.content.append(nn.Linear(feat.shape[1], d))
             self.preference.append(nn.Parameter(nn.init.xavier_normal_(torch.empty(data.n_users, d))))
         self.confidence = nn.Parameter(torch.full((n, len(self.modalities)), float(cfg.conf_init)))
-        self._cache: torch.Tensor | None = None
 
     def modality_branch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(z^m [U+I, d], edge attention a^m [n_edges]) for modality i."""
@@ -99,12 +98,6 @@ class GRCN(Recommender):
         """The pruned edge weights of the current parameters (for tests and inspection)."""
         return self.prune(self.modality_branch(i)[1] for i in range(len(self.modalities)))
 
-    def begin_scoring(self) -> None:
-        self._cache = self.forward()
-
-    def end_scoring(self) -> None:
-        self._cache = None
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        rep = self._cache if self._cache is not None else self.forward()
-        return rep[users] @ rep[self.n_users :].T
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rep = self.forward()
+        return rep[: self.n_users], rep[self.n_users :]

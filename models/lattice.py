@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbench.models.base import Batch, Recommender, bpr_loss, l2_per_batch, register
+from mmbench.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_per_batch, register
 from mmbench.models.graph import normalized_bipartite_adjacency
 from mmbench.models.knn import EdgePattern, cosine_topk, sym_normalize_knn
 from mmbench.models.lightgcn import propagate
 
 
 @register("lattice")
-class LATTICE(Recommender):
+class LATTICE(EmbeddingRecommender):
     """Defaults from the paper / original code: k = 10, λ = 0.9, 2 UI layers, 1 item-graph layer,
     feature projection 64, lr 5e-4 with 0.96^(epoch/50) decay, reg 1e-5, batch 1024."""
 
@@ -80,7 +80,6 @@ class LATTICE(Recommender):
         self.modal_logits = nn.Parameter(torch.zeros(len(self.modalities)))
         self.learned = nn.ModuleList()  # EdgePattern per modality, rebuilt each epoch (values per batch)
         self._optimizers: list[torch.optim.Optimizer] = []
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.rebuild_learned_graph()
 
     # ---- the item–item graphs -----------------------------------------------------------------
@@ -149,11 +148,7 @@ class LATTICE(Recommender):
     # ---- scoring --------------------------------------------------------------------------------
     def begin_scoring(self) -> None:
         self.rebuild_learned_graph()  # the graph of the parameters being evaluated (as the original)
-        self._cache = self.forward()
+        super().begin_scoring()
 
-    def end_scoring(self) -> None:
-        self._cache = None
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        user_e, item_e = self._cache if self._cache is not None else self.forward()
-        return user_e[users] @ item_e.T
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward()

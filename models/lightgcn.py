@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmbench.models.base import Batch, Recommender, bpr_loss, l2_per_batch, register
+from mmbench.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_per_batch, register
 from mmbench.models.graph import normalized_bipartite_adjacency
 
 
@@ -20,7 +20,7 @@ def propagate(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tens
 
 
 @register("lightgcn")
-class LightGCN(Recommender):
+class LightGCN(EmbeddingRecommender):
     """Regularisation: `reg_weight` · ½‖ego embeddings of the batch‖² / batch (as in the paper's code)."""
 
     defaults = {"n_layers": 2, "reg_weight": 1e-4}
@@ -32,7 +32,6 @@ class LightGCN(Recommender):
         nn.init.xavier_uniform_(self.user_emb.weight)
         nn.init.xavier_uniform_(self.item_emb.weight)
         self.register_buffer("adj", normalized_bipartite_adjacency(data.train), persistent=False)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
@@ -48,12 +47,5 @@ class LightGCN(Recommender):
         )
         return {"loss": bpr + reg, "bpr": bpr, "reg": reg}
 
-    def begin_scoring(self) -> None:
-        self._cache = self.forward()
-
-    def end_scoring(self) -> None:
-        self._cache = None
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        user_e, item_e = self._cache if self._cache is not None else self.forward()
-        return user_e[users] @ item_e.T
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbench.errors import ConfigError
-from mmbench.models.base import Batch, Recommender, bpr_loss, register
+from mmbench.models.base import Batch, EmbeddingRecommender, bpr_loss, register
 from mmbench.models.multimodal import ItemFeatures, mean_bipartite_adjacency
 
 
@@ -57,7 +57,7 @@ class ModalityGCN(nn.Module):
 
 
 @register("mmgcn")
-class MMGCN(Recommender):
+class MMGCN(EmbeddingRecommender):
     defaults = {"lr": 5e-4, "reg_weight": 0.1, "n_layers": 2, "latent_size": 64, "combine": "concat",
                 "feature_norm": "l2"}
     uses_features = True
@@ -77,7 +77,6 @@ class MMGCN(Recommender):
             for dim in self.features.dims
         )
         self.register_buffer("adj", mean_bipartite_adjacency(data.train), persistent=False)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         outs = [branch(feats, self.id_emb, self.adj) for branch, feats in zip(self.branches, self.features.all())]
@@ -94,12 +93,5 @@ class MMGCN(Recommender):
         reg = self.cfg.reg_weight * reg
         return {"loss": bpr + reg, "bpr": bpr, "reg": reg}
 
-    def begin_scoring(self) -> None:
-        self._cache = self.forward()
-
-    def end_scoring(self) -> None:
-        self._cache = None
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        user_e, item_e = self._cache if self._cache is not None else self.forward()
-        return user_e[users] @ item_e.T
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward()

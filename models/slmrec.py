@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbench.errors import ConfigError
-from mmbench.models.base import Batch, Recommender, register
+from mmbench.models.base import Batch, EmbeddingRecommender, register
 from mmbench.models.graph import normalized_bipartite_adjacency
 from mmbench.models.lightgcn import propagate
 
@@ -43,7 +43,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
 
 
 @register("slmrec")
-class SLMRec(Recommender):
+class SLMRec(EmbeddingRecommender):
     """Defaults from the original configuration: 3 layers, temp 0.2, ssl_temp 0.2, ssl_alpha 0.1,
     FAC, lr 0.01, Adam weight decay 1e-4, batch 2048."""
 
@@ -82,7 +82,6 @@ class SLMRec(Recommender):
         dims = [d] + [max(1, d // 2)] * (len(self.modalities) - 1)
         self.fac_g = nn.ModuleList(nn.Linear(d if l == 0 else dims[l - 1], dims[l]) for l in range(len(dims)))
         self.fac_h = nn.ModuleList(nn.Linear(d, dims[l]) for l in range(len(dims)))
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ---- backbone -------------------------------------------------------------------------------
     def branches(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,12 +128,5 @@ class SLMRec(Recommender):
         return {"loss": main + self.cfg.ssl_alpha * ssl, "main": main, "ssl": ssl}
 
     # ---- scoring --------------------------------------------------------------------------------
-    def begin_scoring(self) -> None:
-        self._cache = self.forward()[:2]
-
-    def end_scoring(self) -> None:
-        self._cache = None
-
-    def score(self, users: torch.Tensor) -> torch.Tensor:
-        user_e, item_e = self._cache if self._cache is not None else self.forward()[:2]
-        return user_e[users] @ item_e.T
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward()[:2]
