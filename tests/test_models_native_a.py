@@ -7,48 +7,15 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mmbench.data.dataset import TrainData, to_csr
+from mmbench.data.dataset import TrainData
 from mmbench.data.synthetic import make_synthetic
 from mmbench.errors import ConfigError
-from mmbench.models.base import Batch, get_model_class
+from mmbench.models.base import Batch
 from mmbench.models.multimodal import ItemFeatures, mean_bipartite_adjacency, normalize_features
-from mmbench.runner import model_config, train_one
-from mmbench.train.trainer import resolve_device
+from mmbench.runner import train_one
+from model_helpers import CPU, MODALITY_SETS, build, cfg, random_recall, tiny
 
 MODELS = ("vbpr", "lightgcn-m", "mmgcn")
-CPU = resolve_device("cpu")
-MODALITY_SETS = {1: {"image": 24}, 2: {"image": 24, "text": 12}, 3: {"image": 24, "text": 12, "audio": 6}}
-
-
-def cfg(name: str, *sets: str):
-    return model_config(name, "synthetic", "full", None, list(sets))
-
-
-def build(name: str, data: TrainData, *sets: str, seed: int = 0):
-    torch.manual_seed(seed)
-    return get_model_class(name)(data, cfg(name, *sets))
-
-
-def tiny(n_modalities: int = 2) -> TrainData:
-    """10 users × 12 items; user 9 and items 10, 11 have no training interactions."""
-    rng = np.random.default_rng(0)
-    rows, cols = [], []
-    for u in range(9):
-        for i in rng.choice(10, size=3, replace=False):
-            rows.append(u)
-            cols.append(int(i))
-    train = to_csr(rows, cols, 10, 12)
-    feats = {m: rng.standard_normal((12, d)).astype(np.float32) for m, d in MODALITY_SETS[n_modalities].items()}
-    feats[next(iter(feats))][11] = 0.0  # an all-zero feature row must not produce NaN either
-    return TrainData(10, 12, train, feats, "tiny")
-
-
-def random_recall(data, split: str, k: int = 20) -> float:
-    """Expected Recall@k of a uniformly random ranking over the unmasked (non-train) items."""
-    held = data.split(split)
-    users = np.flatnonzero(np.diff(held.indptr) > 0)
-    candidates = data.n_items - np.diff(data.train.indptr)[users]
-    return float(np.mean(np.minimum(1.0, k / candidates)))
 
 
 @pytest.fixture(scope="module")
