@@ -1,0 +1,660 @@
+"""MMSSL (Wei et al., WWW'23): multi-modal self-supervised learning for recommendation.
+
+Two registered variants and the paper's Table 3 ablations:
+
+* `mmssl` — the model as the PAPER describes it (§3, Eqs. 1–14), for any number of modalities.
+* `mmssl-official` — what the authors' code (HKUDS/MMSSL f8d8955) computes, quirk for quirk
+  (reference/mmssl-official-code.md, "the spec"), so our numbers can be set against the published ones.
+* `mmssl-wo-asl` / `mmssl-wo-cl` / `mmssl-wo-gt` / `mmssl-rp-gae` — `mmssl` with one switch flipped:
+  `adversarial=false`, `contrastive=false`, `gumbel=false`, `generator=gae`. The switches are config keys,
+  so `--set` flips them on any MMSSL run (the official variant included).
+
+One training step (both variants, `train_step`): a no-grad forward with dropout on gives the fake rows
+Â^m (Eq. 3) and the real rows Ã (Eq. 5) of the batch users; the discriminator takes one Adam step on
+the WGAN-GP loss (Eq. 7); then a fresh forward with gradients gives BPR (Eq. 14) + λ2·contrastive
+(Eq. 11) + λ3·L_G (Eq. 7) (+ the code's regularisers), and the generator/recommender takes one AdamW step.
+Two forwards per batch, as in the code (merging them would change the dropout masks, spec §10.2 item 9).
+
+Where the paper is silent or ambiguous (`mmssl`), we follow the code and say so:
+
+* Eq. 2: f̃_u is undefined; like the code, f_i^m aggregates the users' f_u^m (item → user → item).
+  Modality transform = Linear (Xavier weight) + dropout 0.2, applied once.
+* Eq. 3: the per-entry cosine as written (no masking of training positives; the code masks them).
+* Eq. 4: two hidden layers as in the code (I/4, I/8, then Linear → 1), LeakyReLU(0.2) as the text says
+  (the code's is the identity), plain sigmoid output (the code multiplies by 100); Kaiming init,
+  dropouts 0.31/0.5, D always in train mode, Adam(betas 0.5, 0.9) — all from the code.
+* Eq. 5: g = −log(−log ξ) unscaled as written (`gumbel_scale` = 1; the code scales it by 1e-5); τ from
+  the code's `real_data_tau`; no final normalisation (the code adds one). With τ ≈ 0.002 the transform is
+  a Gumbel-max one-hot, and with ζ = 100 the ζ-term dominates the row anyway: that is the paper's formula.
+* Eqs. 6–7: λ1 = 1 (the paper's best); "interpolation" = α·real + (1−α)·fake, α ~ U(0, 1) per row; real
+  rows paired with each modality's fake rows (the code's duplication). Since the paper's critic is a plain
+  sigmoid, λ3 defaults to 100 × the code's `G_rate`: the generator then gets exactly the code's gradient
+  scale from L_G (the code's critic is 100·σ).
+* Eq. 8: top-k of the relation rows Â^m, each user paired with its OWN top-k items, k = max(1, ⌊I·rate⌋)
+  (rate from the code's original per-dataset configs; Baby's 1e-4 would give k = 0, an empty graph, so
+  the paper variant uses 0.01 there). Schedule: the whole graph is rebuilt for ALL users at the start of
+  every epoch (and at construction), from dropout-free rows computed block-wise, so it is populated for
+  every user at every batch and at evaluation. Users whose f_u^m is zero (no training items) get no
+  semantic neighbours. Item side: N_i^m = users that have i in their top-k; both sides normalised by
+  1/√degree as in Eq. 8.
+* Eq. 9: real multi-head attention (queries and keys per head, softmax over modalities, values are the
+  modality embeddings themselves, heads concatenated then W_cat back to d), mean over modalities.
+* Eq. 10: Ê⁰ = E + η·Ẽ/‖Ẽ‖₂ — the code's norm; the paper's ‖·‖₂² would make the term grow as 1/‖Ẽ‖
+  (unbounded for users with few semantic neighbours), so we read it as a typo. LightGCN-style
+  simultaneous propagation on the paper's one-sided A[u,i] = 1/√|N_u| (items: 1/√|N_i|), L = 2, mean over
+  the L+1 layers (the paper's "/L" over L+1 terms is read as a mean), no softmax.
+* Eq. 11: anchor h_u, positive e_u^m (the Eq. 8 aggregate, before attention), negatives e^m_{u'} of the
+  other batch users and e^{m'}_{u'} of the other modalities (scored against e_u^m); in-batch users only;
+  mean over users instead of the sum (a rescaling of λ2). τ' = 0.5 (the code), 0.085 on TikTok (the
+  paper's best there).
+* Eq. 13: λ4‖Θ‖² = AdamW's decoupled weight decay (the paper names AdamW); the paper only gives a search
+  grid {1.2e-2, 1.4e-2, 1.6e-2}, so we use the code's effective 0.01. BPR is a mean (the code), not a sum.
+  No other regulariser (the code's 1e-5 L2 terms are not in the paper: `reg_weight` = `feat_reg` = 0).
+* Table 3 ablations (the paper gives one sentence each): w/o-ASL drops the discriminator and L_G; w/o-CL
+  drops L_CL; w/o-GT replaces the Gumbel transform in Eq. 5 by the observed row A[u] (the ζ-term stays);
+  r/p-GAE replaces L_G by a graph-autoencoder loss: the relation rows (Eq. 3 cosines, scaled by
+  1/`gae_tau`) are logits reconstructing the observed rows with a positive-weighted BCE (Kipf & Welling).
+* Training loop details the paper leaves open, all from the code: per-user batch sampling (B distinct
+  users, one positive and one negative each, ⌊n_train/B⌋ + 1 batches per epoch), B = 1024, d = 64, the
+  learning rates, η, ω, dropout, τ of Eq. 5 and the top-k rate per dataset (presets), at most 1000
+  epochs with early stopping after 8 validations without a better valid Recall@20. Gradients are zeroed,
+  not freed, between steps (the code's torch-1.x semantics), so AdamW keeps decaying a parameter whose
+  gradient happens to be zero in a step.
+
+Official-code quirks reproduced by `mmssl-official` (spec section in brackets): the attention collapses to
+mean_m(E^m)·W_eff (§2.4); the semantic graph starts as the training graph and follows the code's
+rebuild-or-accumulate schedule with period T and k = ⌊I·rate⌋, including the user/item pairing error for
+k > 1 and the lists that persist across epochs (§4); identity LeakyReLU, 100·sigmoid critic and GP weight
+0.3·gp_rate (§3.3–3.4); masked, row-normalised dot-product relation rows (§3.1); real rows
+rownorm(softmax((r + 1e-5·g)/τ) + 100·S^h), i.e. near-pure self-distillation (§3.2); alternating
+propagation with a softmax over the embedding dimensions at the last layer and a mean over L+1 layers
+(§2.5); contrastive loss anchored on e^m with GRACE-style negatives and `−log(ratio + 1e-8)` (§5); L2 on the
+batch's final embeddings and on all modality features (§6.1); AdamW with its default weight decay 0.01;
+per-user batch sampling (§1.3); the per-dataset hyper-parameters of §6.2 as presets. The code takes two
+modalities (image, text); on TikTok audio stands in for text; with M modalities the two-modality sums
+(Eq. 12, feature L2, L_CL) become sums over M, the means (attention fuse) means over M, and D's fake
+input stacks M blocks of rows against M copies of the real rows.
+
+`fast` (default true) switches on speed-ups that keep the computed function (spec §10.2): relation rows
+kept low-rank + sparse so D's first layer never sees a [B, I] row (real, fake, interpolated and the
+generator's pass alike; one sparse×dense product for the sparse entries of all blocks, dot products at
+the positives as sampled products, row norms from a d×d Gram); the gradient penalty's ‖∇_x D‖ = ‖W₁ᵀδ₁‖
+through a symmetric Gram W₁W₁ᵀ; the real rows' first layer computed once for their M copies; D's
+parameter gradients not computed in the generator step (the code discards them); the attention and the
+contrastive loss skipped when their input graph is empty (exactly zero / a constant with zero gradient).
+The only approximation: Gumbel-softmax entries below 1e-20 are dropped from the factored real rows (a
+softmax row sums to 1, so this is below float32 resolution). `fast=false` is the plain computation (dense
+[B, I] rows, D called on them, the code's literal attention); tests and benchmarks/mmssl_speed.py check
+that both give the same losses and gradients. Memory: no users×items or items×items tensor anywhere; the
+largest are [B, I] rows and D itself (≈ 1.3 GiB peak RSS on TikTok).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmbench.errors import ConfigError
+from mmbench.models.base import Batch, Recommender, bpr_loss, l2_per_batch, register
+from mmbench.models.mmssl_parts import (
+    GUMBEL_SPARSE_TOL,
+    Discriminator,
+    Graph,
+    ModalityAttention,
+    OfficialAttention,
+    Rows,
+    batch_positions,
+    bipartite_pair,
+    coo_matrix,
+    cosine_rows_dense,
+    cosine_rows_factored,
+    dense_mask,
+    first_layers,
+    gae_loss,
+    gradient_penalty,
+    gumbel_softmax_rows,
+    masked_rows_dense,
+    masked_rows_factored,
+    official_contrastive,
+    official_contrastive_constant,
+    official_real_rows_factored,
+    paper_contrastive,
+    row_sq_norms,
+    rownorm,
+    sparsify,
+    topk_pairs,
+)
+from mmbench.models.mmssl_sampler import PerUserSampler
+
+REBUILD_BLOCK = 1024  # users per block when the paper variant rebuilds its semantic graph
+
+
+@dataclass
+class Encoded:
+    """One forward pass: final embeddings (Eq. 12), modality features (Eq. 2), Eq. 8 aggregates."""
+
+    h_u: torch.Tensor
+    h_i: torch.Tensor
+    feats: list[tuple[torch.Tensor, torch.Tensor]]  # (F^m_U [U, d], F^m_I [I, d]) per modality
+    modal_u: list[torch.Tensor | None]  # E^m_U per modality; None = provably zero (empty graph)
+
+
+# The hyper-parameters both variants share (the code's HEAD defaults = its Baby block, spec §6.2).
+_COMMON: dict[str, Any] = {
+    "epochs": 1000, "patience": 8,  # the code stops after 8 epochs without a better valid Recall@20
+    "batch_size": 1024, "embedding_size": 64, "optimizer": "adamw", "weight_decay": 0.01,
+    "lr": 5.5e-4, "d_lr": 3e-4,
+    "n_layers": 2, "drop_rate": 0.2, "omega": 0.55, "eta": 0.36, "n_heads": 4,
+    "d_drop1": 0.31, "d_drop2": 0.5, "gp_rate": 1.0, "zeta": 100.0, "gumbel_tau": 0.005,
+    "cl_tau": 0.5, "cl_rate": 0.03,
+    # switches (Table 3 ablations) and the speed flag
+    "adversarial": True, "contrastive": True, "gumbel": True, "generator": "gan", "gae_tau": 0.1,
+    "fast": True,
+}
+
+
+@register("mmssl")
+class MMSSL(Recommender):
+    """The paper's MMSSL. See the module docstring for every choice where the paper is silent."""
+
+    uses_features = True
+    official: ClassVar[bool] = False
+    gp_constant: ClassVar[float] = 1.0  # the paper's λ1 multiplies the GP directly
+    defaults = dict(_COMMON, **{
+        "g_rate": 1e-2, "gumbel_scale": 1.0, "topk_rate": 0.01, "d_slope": 0.2, "d_out_scale": 1.0,
+        "reg_weight": 0.0, "feat_reg": 0.0,
+    })
+    presets = {
+        "tiktok": {"lr": 5.4e-4, "g_rate": 0.18, "gumbel_tau": 0.002, "topk_rate": 0.01, "cl_tau": 0.085},
+        "baby": {"lr": 5.5e-4, "g_rate": 1e-2, "gumbel_tau": 0.005, "topk_rate": 0.01},
+        "sports": {"lr": 5e-4, "g_rate": 1e-2, "gumbel_tau": 0.002, "topk_rate": 0.02},
+        "allrecipes": {"lr": 5.6e-4, "d_lr": 2.5e-4, "eta": 0.34, "g_rate": 3e-2, "gumbel_tau": 0.02,
+                       "topk_rate": 0.02, "cl_tau": 0.3},
+    }
+
+    def __init__(self, data, cfg):
+        super().__init__(data, cfg)
+        if cfg.generator not in ("gan", "gae"):
+            raise ConfigError(f"config generator must be 'gan' or 'gae', got {cfg.generator!r}")
+        if not data.features:
+            raise ConfigError("MMSSL needs at least one item modality")
+        d = cfg.embedding_size
+        self.modalities = list(data.features)
+        for m, name in enumerate(self.modalities):
+            feat = torch.as_tensor(np.asarray(data.features[name], dtype=np.float32))
+            self.register_buffer(f"feat_{m}", feat, persistent=False)
+        self.transforms = nn.ModuleList(nn.Linear(self.feat(m).shape[1], d) for m in range(self.n_modal))
+        for lin in self.transforms:
+            nn.init.xavier_uniform_(lin.weight)
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_users, d)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.n_items, d)))
+        self.attention = self.make_attention(d, cfg.n_heads)
+        train = sp.csr_matrix(data.train)
+        train.sort_indices()
+        self.train_csr = train
+        a_ui, a_iu = bipartite_pair(train, torch.device("cpu"))
+        self.set_graph("a_ui", a_ui)
+        self.set_graph("a_iu", a_iu)
+        self.register_buffer("indptr", torch.from_numpy(train.indptr.astype(np.int64)), persistent=False)
+        self.register_buffer("indices", torch.from_numpy(train.indices.astype(np.int64)), persistent=False)
+        self.disc = None
+        if cfg.adversarial and cfg.generator == "gan":
+            self.disc = Discriminator(data.n_items, cfg.d_drop1, cfg.d_drop2, cfg.d_slope, cfg.d_out_scale)
+        # semantic graphs (Eq. 8): per modality the raw pair matrix (rows, cols, counts) + normalised tensors
+        self.sem_coo: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.init_semantic_graphs()
+
+    # ---- small accessors ------------------------------------------------------------------------
+    @property
+    def n_modal(self) -> int:
+        return len(self.modalities)
+
+    def feat(self, m: int) -> torch.Tensor:
+        return getattr(self, f"feat_{m}")
+
+    def set_graph(self, name: str, graph: Graph) -> None:
+        """Keep a sparse operator as two (non-persistent) buffers, so `.to(device)` moves it."""
+        self.register_buffer(f"{name}_mat", graph.mat, persistent=False)
+        self.register_buffer(f"{name}_mat_t", graph.mat_t, persistent=False)
+
+    def graph(self, name: str) -> Graph:
+        return Graph(getattr(self, f"{name}_mat"), getattr(self, f"{name}_mat_t"))
+
+    def sem(self, m: int) -> tuple[Graph, Graph]:
+        return self.graph(f"sem_ui_{m}"), self.graph(f"sem_iu_{m}")
+
+    def sem_empty(self, m: int) -> bool:
+        return len(self.sem_coo[m][0]) == 0
+
+    def make_attention(self, d: int, heads: int) -> nn.Module:
+        return ModalityAttention(d, heads)
+
+    def topk(self) -> int:
+        return min(self.n_items, max(1, int(self.n_items * self.cfg.topk_rate)))
+
+    # ---- semantic graphs (Eq. 8) ---------------------------------------------------------------
+    def set_semantic_graph(self, m: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+        """Install A^m from coordinate lists (duplicates summed) and its two normalised views."""
+        self.sem_coo[m:m + 1] = [(rows.astype(np.int64), cols.astype(np.int64), vals.astype(np.float32))]
+        a = coo_matrix(rows, cols, vals, (self.n_users, self.n_items))
+        ui, iu = bipartite_pair(a, self.item_emb.device)
+        self.set_graph(f"sem_ui_{m}", ui)
+        self.set_graph(f"sem_iu_{m}", iu)
+
+    def init_semantic_graphs(self) -> None:
+        self.sem_coo = [(np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),) for _ in range(self.n_modal)]
+        self.rebuild_all_users()
+
+    @torch.no_grad()
+    def rebuild_all_users(self) -> None:
+        """Paper schedule: every user's own top-k items of Â^m (dropout off), computed block-wise."""
+        feats = self.modality_features(dropout=False)
+        k = self.topk()
+        for m, (fu, fi) in enumerate(feats):
+            rows, cols = [], []
+            active = torch.nonzero(fu.norm(dim=1) > 0).squeeze(1)
+            for lo in range(0, len(active), REBUILD_BLOCK):
+                users = active[lo:lo + REBUILD_BLOCK]
+                top = cosine_rows_dense(fu[users], fi).topk(k, dim=1).indices
+                r, c = topk_pairs(users, top, official_pairing=False)
+                rows.append(r.cpu().numpy())
+                cols.append(c.cpu().numpy())
+            r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+            c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+            self.set_semantic_graph(m, r, c, np.ones(len(r), np.float32))
+        self._graph_fresh = True
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if not getattr(self, "_graph_fresh", False):
+            self.rebuild_all_users()
+
+    def after_generator_step(self, batch: Batch, enc: Encoded, pos, mask) -> None:
+        """Hook for the graph schedule after each generator step (the paper variant rebuilds per epoch)."""
+        self._graph_fresh = False
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"sem_coo": [tuple(a.copy() for a in t) for t in self.sem_coo]}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the graph the parameters were evaluated with. Not marked fresh: a run resumed from a
+        checkpoint rebuilds at the next epoch start, exactly as the uninterrupted run does."""
+        if "sem_coo" in state:
+            for m, (r, c, v) in enumerate(state["sem_coo"]):
+                self.set_semantic_graph(m, np.asarray(r), np.asarray(c), np.asarray(v))
+        self._graph_fresh = False
+
+    # ---- the encoder (Eqs. 2, 8, 9, 10, 12) ----------------------------------------------------
+    def modality_features(self, dropout: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Eq. 2: f̃^m = Dropout(Linear(x^m)); f_u^m = Σ_{i∈N_u} f̃_i/√|N_u|; f_i^m = Σ_{u∈N_i} f_u/√|N_i|."""
+        out = []
+        for m, lin in enumerate(self.transforms):
+            ft = F.dropout(lin(self.feat(m)), self.cfg.drop_rate, dropout)
+            fu = self.graph("a_ui") @ ft
+            out.append((fu, self.graph("a_iu") @ fu))
+        return out
+
+    def fuse(self, stack: torch.Tensor) -> torch.Tensor:
+        """Eq. 9 + mean over modalities: [M, N, d] → [N, d]."""
+        return self.attention(stack)
+
+    def propagate(self, u0: torch.Tensor, i0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 10: simultaneous LightGCN-style layers on the one-sided graphs, mean over L+1 layers."""
+        a_ui, a_iu = self.graph("a_ui"), self.graph("a_iu")
+        us, is_ = [u0], [i0]
+        u, i = u0, i0
+        for _ in range(self.cfg.n_layers):
+            u, i = a_ui @ i, a_iu @ u
+            us.append(u)
+            is_.append(i)
+        return torch.stack(us).mean(0), torch.stack(is_).mean(0)
+
+    def encode(self, dropout: bool) -> Encoded:
+        cfg = self.cfg
+        feats = self.modality_features(dropout)
+        skip = [cfg.fast and self.sem_empty(m) for m in range(self.n_modal)]
+        modal_u: list[torch.Tensor | None] = []
+        modal_i: list[torch.Tensor | None] = []
+        for m in range(self.n_modal):
+            if skip[m]:
+                modal_u.append(None)
+                modal_i.append(None)
+            else:
+                ui, iu = self.sem(m)
+                modal_u.append(ui @ self.item_emb)  # Eq. 8
+                modal_i.append(iu @ self.user_emb)
+        u0, i0 = self.user_emb, self.item_emb
+        if not all(skip):  # all graphs empty ⇒ Ẽ = 0 exactly and Ê⁰ = E
+            zu = torch.zeros_like(self.user_emb)
+            zi = torch.zeros_like(self.item_emb)
+            su = torch.stack([e if e is not None else zu for e in modal_u])
+            si = torch.stack([e if e is not None else zi for e in modal_i])
+            u0 = u0 + cfg.eta * rownorm(self.fuse(su))
+            i0 = i0 + cfg.eta * rownorm(self.fuse(si))
+        eu, ei = self.propagate(u0, i0)
+        h_u = eu + cfg.omega * sum(rownorm(fu) for fu, _ in feats)  # Eq. 12
+        h_i = ei + cfg.omega * sum(rownorm(fi) for _, fi in feats)
+        return Encoded(h_u, h_i, feats, modal_u)
+
+    # ---- relation rows (Eq. 3) and real rows (Eq. 5) -------------------------------------------
+    def fake_rows(self, x: torch.Tensor, y: torch.Tensor, pos, mask):
+        """Â^m rows of the batch users: per-entry cosine (paper Eq. 3)."""
+        return cosine_rows_factored(x, y) if self.cfg.fast else cosine_rows_dense(x, y)
+
+    def transform_term(self, mask: torch.Tensor) -> torch.Tensor:
+        """The 'transformation' of Eq. 5 (dense, cheap): Gumbel softmax of the observed rows, or the
+        observed rows themselves when `gumbel` is off (w/o-GT)."""
+        if self.cfg.gumbel:
+            return gumbel_softmax_rows(mask, self.cfg.gumbel_scale, self.cfg.gumbel_tau)
+        return mask
+
+    def sparse_transform(self, term: torch.Tensor, pos):
+        """(extra sparse triple, dense fallback) for the factored real rows."""
+        if not self.cfg.gumbel:
+            r, c = pos
+            return (r, c, torch.ones(len(r), device=term.device)), None
+        extra = sparsify(term, GUMBEL_SPARSE_TOL)
+        return (extra, None) if extra is not None else (None, term)
+
+    def real_rows(self, h_u: torch.Tensor, h_i: torch.Tensor, pos, mask):
+        """Paper Eq. 5: transformation + ζ·cos(h_u, h_i) (no normalisation)."""
+        term = self.transform_term(mask)
+        zeta = self.cfg.zeta
+        if not self.cfg.fast:
+            return term + zeta * cosine_rows_dense(h_u, h_i)
+        extra, extra_dense = self.sparse_transform(term, pos)
+        rows = cosine_rows_factored(h_u, h_i)
+        return Rows(rows.x, rows.y, zeta * rows.scale, extra=extra, extra_dense=extra_dense)
+
+    # ---- losses -------------------------------------------------------------------------------
+    def discriminator_loss(self, batch: Batch, pos, mask) -> dict[str, torch.Tensor]:
+        """Eq. 7, L_D = −E D(real) + E D(fake) + λ1·GP, on rows from a no-grad forward (dropout on)."""
+        users = batch.users
+        with torch.no_grad():
+            enc = self.encode(dropout=True)
+            fake = [self.fake_rows(fu[users], fi, pos, mask) for fu, fi in enc.feats]
+            real = self.real_rows(enc.h_u[users], enc.h_i, pos, mask)
+        disc = self.disc
+        disc.train()  # the code keeps D in train mode for every pass
+        n_m = len(fake)
+        if self.cfg.fast:
+            z_real, *z_fake = first_layers([real] + fake, disc.w1t)
+            z_real = z_real.repeat(n_m, 1)  # the first layer once for the M copies of the real rows
+            z_fake = torch.cat(z_fake)
+            b1 = disc.b1
+            d_real = disc.tail(z_real + b1)
+            d_fake = disc.tail(z_fake + b1)
+            alpha = torch.rand(len(z_fake), 1, device=z_fake.device)
+            z_hat = alpha * z_real + (1 - alpha) * z_fake + b1  # = L1(α·real + (1−α)·fake)
+            d_hat = disc.tail(z_hat)
+            (delta,) = torch.autograd.grad(d_hat.sum(), z_hat, create_graph=True)
+            sq = row_sq_norms(delta, disc.w1t)  # ‖∂D/∂x̂‖² = ‖W₁ᵀ δ₁‖²
+        else:
+            x_real = real.repeat(n_m, 1)
+            x_fake = torch.cat(fake)
+            d_real = disc(x_real)
+            d_fake = disc(x_fake)
+            alpha = torch.rand(len(x_fake), 1, device=x_fake.device)
+            x_hat = (alpha * x_real + (1 - alpha) * x_fake).requires_grad_(True)
+            d_hat = disc(x_hat)
+            (grad,) = torch.autograd.grad(d_hat.sum(), x_hat, create_graph=True)
+            sq = grad.pow(2).sum(1)
+        gp = self.gp_constant * gradient_penalty(sq)
+        loss = -d_real.mean() + d_fake.mean() + self.cfg.gp_rate * gp
+        return {"loss_d": loss, "d_real": d_real.mean(), "d_fake": d_fake.mean(), "gp": gp}
+
+    def adversarial_loss(self, enc: Encoded, users: torch.Tensor, pos, mask) -> torch.Tensor:
+        """L_G = −E D(Â^m) (Eq. 7) with gradients into the modality transforms, or the r/p-GAE loss."""
+        if self.cfg.generator == "gae":
+            return sum(gae_loss(cosine_rows_dense(fu[users], fi) / self.cfg.gae_tau, mask)
+                       for fu, fi in enc.feats)
+        fake = [self.fake_rows(fu[users], fi, pos, mask) for fu, fi in enc.feats]
+        disc = self.disc
+        disc.train()
+        if not self.cfg.fast:
+            return -disc(torch.cat(fake)).mean()
+        params = list(disc.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:  # the code computes D's gradients here and throws them away: skip them
+            p.requires_grad_(False)
+        try:
+            z = torch.cat(first_layers(fake, disc.w1t))
+            return -disc.tail(z + disc.b1).mean()
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+
+    def contrastive_loss(self, enc: Encoded, users: torch.Tensor) -> torch.Tensor:
+        h = enc.h_u[users]
+        modal = [e[users] if e is not None else torch.zeros_like(h) for e in enc.modal_u]
+        return paper_contrastive(h, modal, self.cfg.cl_tau)
+
+    def regularisers(self, enc: Encoded, hu, hp, hn) -> dict[str, torch.Tensor]:
+        """The code's L2 terms (zero-weighted in the paper variant): batch final embeddings, all features."""
+        cfg, out = self.cfg, {}
+        if cfg.reg_weight:
+            out["reg"] = cfg.reg_weight * l2_per_batch(hu, hp, hn)
+        if cfg.feat_reg:
+            sq = sum(fu.pow(2).sum() + fi.pow(2).sum() for fu, fi in enc.feats)
+            out["feat_reg"] = cfg.feat_reg * 0.5 * sq / self.n_items
+        return out
+
+    def generator_losses(self, batch: Batch, pos, mask) -> tuple[dict[str, torch.Tensor], Encoded]:
+        """Eq. 13: BPR + λ2·L_CL + λ3·L_G (+ the code's regularisers), from a forward with gradients."""
+        cfg = self.cfg
+        enc = self.encode(dropout=True)
+        u, p, n = batch.users, batch.pos, batch.neg
+        hu, hp, hn = enc.h_u[u], enc.h_i[p], enc.h_i[n]
+        losses = {"bpr": bpr_loss((hu * hp).sum(1), (hu * hn).sum(1))}
+        losses.update(self.regularisers(enc, hu, hp, hn))
+        if cfg.contrastive:
+            losses["cl"] = self.contrastive_loss(enc, u)
+        if cfg.adversarial:
+            losses["adv"] = self.adversarial_loss(enc, u, pos, mask)
+        weights = {"cl": cfg.cl_rate, "adv": cfg.g_rate}
+        losses["loss"] = sum(v * weights.get(k, 1.0) for k, v in losses.items())
+        return losses, enc
+
+    # ---- the trainer's hooks --------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """AdamW for the recommender/generator; Adam(betas 0.5, 0.9), no decay, for D (the code)."""
+        gen = [p for n, p in self.named_parameters() if not n.startswith("disc.")]
+        cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        opts = [cls(gen, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)]
+        if self.disc is not None:
+            opts.append(torch.optim.Adam(self.disc.parameters(), lr=self.cfg.d_lr, betas=(0.5, 0.9)))
+        return opts
+
+    def make_sampler(self, train, batch_size: int, seed: int):
+        return PerUserSampler(train, batch_size, seed)
+
+    def batch_context(self, batch: Batch):
+        """The batch users' training positives and dense training rows, built once per batch."""
+        pos = batch_positions(self.indptr, self.indices, batch.users)
+        return pos, dense_mask(pos[0], pos[1], len(batch.users), self.n_items)
+
+    def train_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+        pos, mask = self.batch_context(batch)
+        out: dict[str, float] = {}
+        if self.disc is not None:
+            opt_d = optimizers[1]
+            opt_d.zero_grad(set_to_none=False)
+            d_losses = self.discriminator_loss(batch, pos, mask)
+            d_losses["loss_d"].backward()
+            opt_d.step()
+            out.update({k: float(v.detach()) for k, v in d_losses.items()})
+        opt_g = optimizers[0]
+        opt_g.zero_grad(set_to_none=False)
+        losses, enc = self.generator_losses(batch, pos, mask)
+        losses["loss"].backward()
+        opt_g.step()
+        self.after_generator_step(batch, enc, pos, mask)
+        out.update({k: float(v.detach()) for k, v in losses.items()})
+        return out
+
+    def calculate_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        pos, mask = self.batch_context(batch)
+        return self.generator_losses(batch, pos, mask)[0]
+
+    # ---- scoring ------------------------------------------------------------------------------
+    def begin_scoring(self) -> None:
+        enc = self.encode(dropout=False)
+        self._cache = (enc.h_u, enc.h_i)
+
+    def end_scoring(self) -> None:
+        self._cache = None
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        if self._cache is None:
+            enc = self.encode(dropout=False)
+            h_u, h_i = enc.h_u, enc.h_i
+        else:
+            h_u, h_i = self._cache
+        return h_u[users] @ h_i.T
+
+
+@register("mmssl-official")
+class MMSSLOfficial(MMSSL):
+    """What the authors' code computes (spec §2–§8), quirk for quirk; see the module docstring."""
+
+    official = True
+    gp_constant = 0.3  # hard-coded in the code, multiplied by gp_rate
+    defaults = dict(_COMMON, **{
+        "g_rate": 1e-4, "gumbel_scale": 1e-5, "topk_rate": 1e-4, "rebuild_every": 1,
+        "d_slope": 1.0, "d_out_scale": 100.0, "reg_weight": 1e-5, "feat_reg": 1e-5,
+    })
+    # spec §6.2: the original per-dataset blocks of the first commit (Sports' older code had no ζ or
+    # log_log_scale; the HEAD values 100 and 1e-5 are kept).
+    presets = {
+        "tiktok": {"lr": 5.4e-4, "g_rate": 1.8e-3, "gumbel_tau": 0.002, "rebuild_every": 1, "topk_rate": 0.01},
+        "baby": {"lr": 5.5e-4, "g_rate": 1e-4, "gumbel_tau": 0.005, "rebuild_every": 1, "topk_rate": 1e-4},
+        "sports": {"lr": 5e-4, "g_rate": 1e-4, "gumbel_tau": 0.002, "rebuild_every": 2, "topk_rate": 0.02},
+        "allrecipes": {"lr": 5.6e-4, "d_lr": 2.5e-4, "eta": 0.34, "g_rate": 3e-4, "gumbel_tau": 0.02,
+                       "rebuild_every": 2, "topk_rate": 0.02, "cl_tau": 0.3},
+    }
+
+    def make_attention(self, d: int, heads: int) -> nn.Module:
+        return OfficialAttention(d, heads)
+
+    def fuse(self, stack: torch.Tensor) -> torch.Tensor:
+        """The code's attention: mean_m(E^m)·W_eff (fast) or its literal computation (fast=false)."""
+        return self.attention(stack, literal=not self.cfg.fast)
+
+    def topk(self) -> int:
+        """k = ⌊I · m_topk_rate⌋ (0 with the HEAD default on TikTok and Baby: the graph stays empty)."""
+        return min(self.n_items, int(self.n_items * self.cfg.topk_rate))
+
+    # ---- the code's graph schedule (spec §4) ---------------------------------------------------
+    def init_semantic_graphs(self) -> None:
+        """G^m starts as the training graph; the accumulated pair lists start empty."""
+        coo = self.train_csr.tocoo()
+        self.sem_coo = [None] * self.n_modal  # type: ignore[list-item]
+        for m in range(self.n_modal):
+            self.set_semantic_graph(m, coo.row, coo.col, np.ones(coo.nnz, np.float32))
+        self.pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.n_modal)]
+        self.batch_idx = 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.batch_idx = 0  # idx counts batches within an epoch; the pair lists persist across epochs
+
+    @torch.no_grad()
+    def after_generator_step(self, batch: Batch, enc: Encoded, pos, mask) -> None:
+        """Rebuild if idx mod T == 0 and idx ≠ 0 (from the lists, then clear them), else accumulate
+        the batch users' top-k items of Ŝ^m (the generator pass's rows), with the code's pairing."""
+        idx, period = self.batch_idx, self.cfg.rebuild_every
+        if idx % period == 0 and idx != 0:
+            for m in range(self.n_modal):
+                lists = self.pending[m]
+                r = np.concatenate([a for a, _ in lists]) if lists else np.zeros(0, np.int64)
+                c = np.concatenate([b for _, b in lists]) if lists else np.zeros(0, np.int64)
+                self.set_semantic_graph(m, r, c, np.ones(len(r), np.float32))
+                self.pending[m] = []
+        else:
+            k = self.topk()
+            if k > 0:
+                users = batch.users
+                for m, (fu, fi) in enumerate(enc.feats):
+                    rows = masked_rows_dense(fu[users].detach(), fi.detach(), mask)
+                    top = rows.topk(k, dim=1).indices
+                    r, c = topk_pairs(users, top, official_pairing=True)
+                    self.pending[m].append((r.cpu().numpy(), c.cpu().numpy()))
+        self.batch_idx += 1
+
+    def extra_state(self) -> dict[str, Any]:
+        state = super().extra_state()
+        state["pending"] = [[(a.copy(), b.copy()) for a, b in lst] for lst in self.pending]
+        state["batch_idx"] = self.batch_idx
+        return state
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        if "pending" in state:
+            self.pending = [[(np.asarray(a), np.asarray(b)) for a, b in lst] for lst in state["pending"]]
+            self.batch_idx = int(state.get("batch_idx", 0))
+
+    # ---- the code's encoder pieces -------------------------------------------------------------
+    def propagate(self, u0: torch.Tensor, i0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alternating layers (the item update uses the NEW user layer), a softmax over the embedding
+        dimensions at the last layer, mean over L+1 layers; U⁰ is only pooled, never propagated."""
+        a_ui, a_iu = self.graph("a_ui"), self.graph("a_iu")
+        us, is_ = [u0], [i0]
+        i = i0
+        n = self.cfg.n_layers
+        for layer in range(1, n + 1):
+            u = a_ui @ i
+            if layer == n:
+                u = torch.softmax(u, dim=1)
+            i = a_iu @ u
+            if layer == n:
+                i = torch.softmax(i, dim=1)
+            us.append(u)
+            is_.append(i)
+        return torch.stack(us).mean(0), torch.stack(is_).mean(0)
+
+    def fake_rows(self, x, y, pos, mask):
+        """Ŝ^m = rownorm((f_u F_Iᵀ) ⊙ (1 − r_u)): masked dot product, row-normalised (spec §3.1)."""
+        return masked_rows_factored(x, y, pos) if self.cfg.fast else masked_rows_dense(x, y, mask)
+
+    def real_rows(self, h_u, h_i, pos, mask):
+        """Ã = rownorm(softmax((r + 1e-5·g)/τ) + ζ·S^h), S^h = masked rows of h (spec §3.2)."""
+        term = self.transform_term(mask)
+        zeta = self.cfg.zeta
+        if not self.cfg.fast:
+            return rownorm(term + zeta * masked_rows_dense(h_u, h_i, mask))
+        extra, extra_dense = self.sparse_transform(term, pos)
+        return official_real_rows_factored(masked_rows_factored(h_u, h_i, pos), extra, extra_dense, zeta, mask)
+
+    def contrastive_loss(self, enc: Encoded, users: torch.Tensor) -> torch.Tensor:
+        """Σ_m of the code's loss with anchors E^m_U[batch] and positives h_U[batch] (spec §5). When the
+        batch users have no semantic neighbours the anchors are 0 and the loss is a constant with zero
+        gradient: the fast path returns that constant without computing it."""
+        h = enc.h_u[users]
+        total = h.new_zeros(())
+        for m, e in enumerate(enc.modal_u):
+            if self.cfg.fast and (e is None or self._no_neighbours(m, users)):
+                total = total + official_contrastive_constant(len(users), h)
+            else:
+                total = total + official_contrastive(e[users], h, self.cfg.cl_tau)
+        return total
+
+    def _no_neighbours(self, m: int, users: torch.Tensor) -> bool:
+        return bool(self.sem(m)[0].row_degree(users).sum() == 0)
+
+
+def _ablation(name: str, doc: str, **flip: Any) -> type[MMSSL]:
+    cls = type(f"MMSSL_{name.replace('-', '_')}", (MMSSL,), {
+        "__doc__": doc, "defaults": dict(MMSSL.defaults, **flip), "__module__": __name__})
+    return register(name)(cls)
+
+
+MMSSLWithoutASL = _ablation("mmssl-wo-asl", "Table 3 w/o-ASL: no discriminator, no L_G.", adversarial=False)
+MMSSLWithoutCL = _ablation("mmssl-wo-cl", "Table 3 w/o-CL: no cross-modal contrastive loss.", contrastive=False)
+MMSSLWithoutGT = _ablation("mmssl-wo-gt", "Table 3 w/o-GT: real rows use A[u] instead of the Gumbel "
+                           "transform (the ζ-term stays).", gumbel=False)
+MMSSLGAE = _ablation("mmssl-rp-gae", "Table 3 r/p-GAE: L_G replaced by a graph-autoencoder "
+                     "reconstruction of the observed rows from the relation rows.", generator="gae")
