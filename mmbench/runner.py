@@ -18,12 +18,15 @@ from mmbench.data.dataset import Dataset
 from mmbench.errors import ConfigError, MMBenchError
 
 # Budget profiles cap the work of `mmbench run` without touching the protocol (valid-only early
-# stopping, test once). `full` = the models' own settings. They sit below --config and --set.
+# stopping, test once). `full` = the models' own settings. They sit below --config and --set, and
+# the resolved caps are part of each run's config (and so of its record and run id).
 BUDGETS: dict[str, dict[str, Any]] = {
     "full": {},
     "quick": {"epochs": 30, "patience": 5},
     "smoke": {"epochs": 2, "patience": 1},
 }
+# `heavy` models (MMSSL, SGL, NCL: tens of seconds per epoch on a 2-core laptop even on ML-100K)
+HEAVY_BUDGETS: dict[str, dict[str, Any]] = {"quick": {"epochs": 3, "patience": 1}}
 
 
 @dataclass
@@ -67,7 +70,7 @@ def model_config(name: str, dataset_name: str, budget: str = "full", config_file
         raise ConfigError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
     cls = get_model_class(name)
     preset = dict(cls.presets.get(dataset_name, {}))
-    preset.update(BUDGETS[budget])
+    preset.update(HEAVY_BUDGETS.get(budget, BUDGETS[budget]) if cls.heavy else BUDGETS[budget])
     file_cfg = load_config_file(config_file)
     # a --config file may hold per-model sections: {model_name: {...}} or flat keys for every model
     per_model = file_cfg.pop(name, None) if isinstance(file_cfg.get(name), dict) else None

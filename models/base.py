@@ -40,6 +40,8 @@ class Recommender(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     uses_features: ClassVar[bool] = False
+    # Seconds-per-epoch class on a laptop CPU; `heavy` models get a smaller cap under `--budget quick`.
+    heavy: ClassVar[bool] = False
     # Models that bring their own training loop (RecBole adapters) set this and implement `fit`.
     brings_own_loop: ClassVar[bool] = False
 

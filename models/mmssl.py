@@ -160,6 +160,7 @@ _COMMON: dict[str, Any] = {
 
 @register("mmssl")
 class MMSSL(Recommender):
+    heavy = True  # the discriminator over [batch, n_items] relation rows dominates (spec §10)
     """The paper's MMSSL. See the module docstring for every choice where the paper is silent."""
 
     uses_features = True

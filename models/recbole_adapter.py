@@ -344,6 +344,7 @@ class RecBoleLightGCN(RecBoleAdapter):
 
 @register("recbole-sgl")
 class RecBoleSGL(RecBoleAdapter):
+    heavy = True  # two extra augmented-graph propagations per batch
     """RecBole's SGL (Wu et al., SIGIR 2021). `aug_type` is RecBole's `type`: ED, ND or RW."""
 
     recbole_model = "SGL"
@@ -355,6 +356,7 @@ class RecBoleSGL(RecBoleAdapter):
 
 @register("recbole-ncl")
 class RecBoleNCL(RecBoleAdapter):
+    heavy = True  # k-means E-step every epoch + prototype losses
     """RecBole's NCL (Lin et al., WWW 2022) with a CPU k-means (scikit-learn, n_init=1, 25 Lloyd
     iterations with random init like faiss's default) instead of faiss on GPU; `num_clusters` is
     capped at the number of users and of items."""
