@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from mmbench.data.dataset import TrainData, to_csr
-from mmbench.models.base import get_model_class
+from mmbench.models.base import Batch, get_model_class
 from mmbench.runner import model_config
 from mmbench.train.trainer import resolve_device
 
@@ -42,3 +42,23 @@ def random_recall(data, split: str, k: int = 20) -> float:
     users = np.flatnonzero(np.diff(held.indptr) > 0)
     candidates = data.n_items - np.diff(data.train.indptr)[users]
     return float(np.mean(np.minimum(1.0, k / candidates)))
+
+
+def loss_and_scores_are_finite(model, atol: float = 1e-6) -> dict:
+    """One backward pass and one scoring round on `tiny()`: finite losses, gradients and scores,
+    including zero-degree user 9, items 10-11 and the all-zero feature row; cached == uncached scores."""
+    batch = Batch(torch.tensor([0, 1, 9]), torch.tensor([1, 2, 10]), torch.tensor([11, 3, 4]))
+    losses = model.calculate_loss(batch)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    with torch.no_grad():
+        model.begin_scoring()
+        scores = model.score(torch.arange(10))
+        model.end_scoring()
+        direct = model.score(torch.tensor([9, 2]))  # without the cache
+    assert scores.shape == (10, model.n_items)
+    assert torch.isfinite(scores).all(), "zero-degree user 9 / items 10-11 / zero feature row gave NaN"
+    assert torch.allclose(direct, scores[[9, 2]], atol=atol)
+    return losses

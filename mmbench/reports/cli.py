@@ -89,19 +89,3 @@ def cmd_report(args) -> int:
             print(p)
     return 1 if failed else 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m mmbench.reports.cli report ...`), same exit codes as mmbench."""
-    parser = argparse.ArgumentParser(prog="mmbench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except MMBenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

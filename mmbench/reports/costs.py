@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from mmbench import stats
 from mmbench.reports.common import Block, Cell, RunSet, Table, dataset_label, fmt_value, write_table
