@@ -32,8 +32,8 @@ def _add_run(sub) -> None:
                    help="override a config key (repeatable), e.g. --set epochs=50 --set modalities=image,audio")
     p.add_argument("--config", help="YAML file of config overrides (flat keys, or per-model sections)")
     p.add_argument("--budget", default="full", choices=["full", "quick", "smoke"],
-                   help="work cap: full = the models' settings; quick = ≤30 epochs, patience 5 "
-                        "(heavy models MMSSL/SGL/NCL: ≤3 epochs); smoke = 2 epochs")
+                   help="work cap: full = the models' settings; quick = ≤10 epochs, patience 3 "
+                        "(heavy models MMSSL/SGL/NCL: 1 epoch); smoke = 2 epochs")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--results", default="results", help="results directory (run records go to <results>/runs/)")
     p.add_argument("--data-dir", help="data directory (default: $MMBENCH_DATA_DIR, else the project's datasets/)")

@@ -21,11 +21,11 @@ from mmbench.errors import ConfigError, MMBenchError
 # the resolved caps are part of each run's config (and so of its record and run id).
 BUDGETS: dict[str, dict[str, Any]] = {
     "full": {},
-    "quick": {"epochs": 30, "patience": 5},
+    "quick": {"epochs": 10, "patience": 3},
     "smoke": {"epochs": 2, "patience": 1},
 }
 # `heavy` models (MMSSL, SGL, NCL: tens of seconds per epoch on a 2-core laptop even on ML-100K)
-HEAVY_BUDGETS: dict[str, dict[str, Any]] = {"quick": {"epochs": 3, "patience": 1}}
+HEAVY_BUDGETS: dict[str, dict[str, Any]] = {"quick": {"epochs": 1, "patience": 1}}
 
 
 @dataclass
