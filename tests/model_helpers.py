@@ -62,3 +62,29 @@ def loss_and_scores_are_finite(model, atol: float = 1e-6) -> dict:
     assert torch.isfinite(scores).all(), "zero-degree user 9 / items 10-11 / zero feature row gave NaN"
     assert torch.allclose(direct, scores[[9, 2]], atol=atol)
     return losses
+
+
+def interrupted_then_resumed(monkeypatch, run, between=None):
+    """Call `run()` with a checkpoint after every epoch and a KeyboardInterrupt at the 3rd validation,
+    optionally check the half-written run folder with `between()`, then call `run()` again (which must
+    resume from the checkpoint) and return its result."""
+    import pytest
+
+    import mmbench.train.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "CHECKPOINT_SECONDS", 0.0)
+    orig, calls = trainer_mod.Trainer.validate, {"n": 0}
+
+    def crash_on_third(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(self)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "validate", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(trainer_mod.Trainer, "validate", orig)
+    if between is not None:
+        between()
+    return run()

@@ -27,6 +27,7 @@ from mmbench.models.mmssl_parts import (
 from mmbench.models.mmssl_sampler import PerUserSampler
 from mmbench.runner import model_config, train_one
 from mmbench.train.trainer import resolve_device
+from model_helpers import interrupted_then_resumed
 
 VARIANTS = ["mmssl", "mmssl-official"]
 ABLATIONS = {"mmssl-wo-asl": ("adversarial", False), "mmssl-wo-cl": ("contrastive", False),
@@ -434,26 +435,13 @@ def test_paper_graph_keeps_every_user_with_items_populated(zero_degree):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_resume_after_interruption_gives_the_same_result(synthetic, tmp_path, monkeypatch, name):
-    import mmbench.train.trainer as trainer_mod
 
     cfg = model_config(name, "synthetic", "full", None,
                        ["epochs=4", "patience=100", "batch_size=32", "topk_rate=0.05", "rebuild_every=3"]
                        if name == "mmssl-official" else ["epochs=4", "patience=100", "batch_size=32"])
     full = train_one(name, synthetic, cfg, 3, resolve_device("cpu"), tmp_path / "full", progress=False)
-    monkeypatch.setattr(trainer_mod, "CHECKPOINT_SECONDS", 0.0)
-    orig, calls = trainer_mod.Trainer.validate, {"n": 0}
-
-    def crash_on_third(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return orig(self)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "validate", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        train_one(name, synthetic, cfg, 3, resolve_device("cpu"), tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(trainer_mod.Trainer, "validate", orig)
-    resumed = train_one(name, synthetic, cfg, 3, resolve_device("cpu"), tmp_path / "resumed", progress=False)
+    resumed = interrupted_then_resumed(monkeypatch, lambda: train_one(
+        name, synthetic, cfg, 3, resolve_device("cpu"), tmp_path / "resumed", progress=False))
     assert [h["losses"] for h in resumed["history"]] == [h["losses"] for h in full["history"]]
     assert resumed["test"] == full["test"]
 

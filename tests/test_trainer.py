@@ -14,6 +14,7 @@ from mmbench.errors import ConfigError
 from mmbench.runner import model_config, run_all, train_one
 from mmbench.train.sampler import BPRSampler
 from mmbench.train.trainer import resolve_device
+from model_helpers import interrupted_then_resumed
 
 CPU = resolve_device("cpu")
 
@@ -73,28 +74,16 @@ def test_record_has_design_keys(synthetic, tmp_path):
 
 
 def test_resume_after_interruption_gives_the_same_result(synthetic, tmp_path, monkeypatch):
-    import mmbench.train.trainer as trainer_mod
-
     cfg = cfg_for("mf-bpr", "patience=100")
     full = train_one("mf-bpr", synthetic, cfg, 3, CPU, tmp_path / "full", progress=False)
 
-    monkeypatch.setattr(trainer_mod, "CHECKPOINT_SECONDS", 0.0)  # checkpoint every epoch
-    calls = {"n": 0}
-    orig = trainer_mod.Trainer.validate
+    def half_written():
+        assert (tmp_path / "resumed" / "checkpoint.pt").exists()
+        assert not (tmp_path / "resumed" / "record.json").exists()
 
-    def crash_on_third(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return orig(self)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "validate", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        train_one("mf-bpr", synthetic, cfg, 3, CPU, tmp_path / "resumed", progress=False)
-    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
-    assert not (tmp_path / "resumed" / "record.json").exists()
-    monkeypatch.setattr(trainer_mod.Trainer, "validate", orig)
-    resumed = train_one("mf-bpr", synthetic, cfg, 3, CPU, tmp_path / "resumed", progress=False)
+    resumed = interrupted_then_resumed(
+        monkeypatch, lambda: train_one("mf-bpr", synthetic, cfg, 3, CPU, tmp_path / "resumed", progress=False),
+        between=half_written)
     assert resumed["best_epoch"] == full["best_epoch"]
     assert resumed["test"] == full["test"]
     assert [h["epoch"] for h in resumed["history"]] == list(range(1, 7))
