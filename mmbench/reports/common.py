@@ -319,17 +319,15 @@ def to_markdown(t: Table) -> str:
         out.append("| " + " | ".join(_md_escape(h) for h in heads) + " |")
         out.append("|" + "|".join([":---"] + ["---:"] * len(b.columns)) + "|")
         for label, cells in b.rows:
-            texts = []
-            for c in cells:
-                s = _md_escape(c.text)
-                if c.mark == "best":
-                    s = f"**{s}**"
-                elif c.mark == "second":
-                    s = f"<u>{s}</u>"
-                texts.append(s)
+            texts = [_marked(_md_escape(c.text), c.mark, "**{}**", "<u>{}</u>") for c in cells]
             out.append("| " + " | ".join([_md_escape(label)] + texts) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def _marked(text: str, mark: str | None, best: str, second: str) -> str:
+    """Wrap a formatted cell in the format's emphasis: bold for the best, underline for the second."""
+    return best.format(text) if mark == "best" else second.format(text) if mark == "second" else text
 
 
 _TEX_SUBS = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
@@ -381,14 +379,7 @@ def to_latex(t: Table) -> str:
         for i, (label, cells) in enumerate(b.rows):
             if i in b.rules and i > 0:
                 out.append(r"\midrule")
-            texts = []
-            for c in cells:
-                s = tex_escape(c.text)
-                if c.mark == "best":
-                    s = rf"\textbf{{{s}}}"
-                elif c.mark == "second":
-                    s = rf"\underline{{{s}}}"
-                texts.append(s)
+            texts = [_marked(tex_escape(c.text), c.mark, r"\textbf{{{}}}", r"\underline{{{}}}") for c in cells]
             label = tex_escape(label)
             if label.startswith("["):  # `\\` would read a leading [..] as its optional argument
                 label = "{}" + label
