@@ -2,10 +2,56 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """mat @ x whose backward is mat_t @ grad with a transpose built once: torch's own CSR backward
+    re-sorts the transpose on every call, which costs as much as the product itself."""
+
+    @staticmethod
+    def forward(ctx, mat, mat_t, x):
+        ctx.save_for_backward(mat_t)
+        return mat @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mat_t,) = ctx.saved_tensors
+        return None, None, (mat_t @ grad if ctx.needs_input_grad[2] else None)
+
+
+def spmm(mat: torch.Tensor, x: torch.Tensor, mat_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Sparse CSR `mat` times dense `x`, differentiable in `x`. `mat_t` is mat's transpose in CSR;
+    None means `mat` is symmetric (the normalised bipartite adjacency), so it is its own transpose."""
+    return _SparseMatmul.apply(mat, mat if mat_t is None else mat_t, x)
+
+
+@dataclass
+class Graph:
+    """A non-symmetric sparse operator with its transpose, both torch CSR, so that a product and its
+    backward are one sparse×dense each."""
+
+    mat: torch.Tensor
+    mat_t: torch.Tensor
+
+    @classmethod
+    def from_scipy(cls, m: sp.spmatrix, device: torch.device) -> "Graph":
+        m = sp.csr_matrix(m, dtype=np.float32)
+        return cls(sparse_to_torch(m).to(device), sparse_to_torch(m.T.tocsr()).to(device))
+
+    def to(self, device: torch.device) -> "Graph":
+        return Graph(self.mat.to(device), self.mat_t.to(device))
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        return spmm(self.mat, x, self.mat_t)
+
+    def row_degree(self, rows: torch.Tensor) -> torch.Tensor:
+        crow = self.mat.crow_indices()
+        return crow[rows + 1] - crow[rows]
 
 
 def sym_normalize(a: sp.spmatrix) -> sp.csr_matrix:

@@ -6,15 +6,16 @@ import torch
 from torch import nn
 
 from mmbench.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_per_batch, register
-from mmbench.models.graph import normalized_bipartite_adjacency
+from mmbench.models.graph import normalized_bipartite_adjacency, spmm
 
 
 def propagate(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Mean of [E, ÂE, Â²E, ...]: LightGCN's layer combination with α_k = 1/(L+1)."""
+    """Mean of [E, ÂE, Â²E, ...]: LightGCN's layer combination with α_k = 1/(L+1). Â is symmetric, so
+    each layer's backward reuses Â itself as the transpose."""
     out = ego
     layer = ego
     for _ in range(n_layers):
-        layer = adj @ layer
+        layer = spmm(adj, layer)
         out = out + layer
     return out / (n_layers + 1)
 

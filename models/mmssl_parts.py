@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbench.models.graph import sparse_to_torch
+from mmbench.models.graph import Graph
 
 # Gumbel-softmax entries below this are dropped from the factored real rows. A softmax row sums to 1,
 # so the dropped mass is < n_items · 1e-20 relative to the row: far below float32 resolution (6e-8)
@@ -50,42 +50,6 @@ def one_sided_norm(r: sp.spmatrix) -> sp.csr_matrix:
     deg = np.asarray(r.sum(axis=1)).ravel()
     d = sp.diags(np.power(deg + 1e-8, -0.5))
     return sp.csr_matrix(d @ r, dtype=np.float32)
-
-
-@dataclass
-class Graph:
-    """A sparse operator with its transpose, both torch CSR: products and their backward are one
-    sparse×dense each (torch's own CSR backward re-sorts the transpose on every call)."""
-
-    mat: torch.Tensor
-    mat_t: torch.Tensor
-
-    @classmethod
-    def from_scipy(cls, m: sp.spmatrix, device: torch.device) -> "Graph":
-        m = sp.csr_matrix(m, dtype=np.float32)
-        return cls(sparse_to_torch(m).to(device), sparse_to_torch(m.T.tocsr()).to(device))
-
-    def to(self, device: torch.device) -> "Graph":
-        return Graph(self.mat.to(device), self.mat_t.to(device))
-
-    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
-        return _GraphMatmul.apply(self.mat, self.mat_t, x)
-
-    def row_degree(self, rows: torch.Tensor) -> torch.Tensor:
-        crow = self.mat.crow_indices()
-        return crow[rows + 1] - crow[rows]
-
-
-class _GraphMatmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mat, mat_t, x):
-        ctx.save_for_backward(mat_t)
-        return mat @ x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (mat_t,) = ctx.saved_tensors
-        return None, None, (mat_t @ grad if ctx.needs_input_grad[2] else None)
 
 
 def bipartite_pair(r: sp.spmatrix, device: torch.device) -> tuple[Graph, Graph]:

@@ -158,3 +158,23 @@ def test_mean_adjacency_averages_neighbours_and_keeps_isolated_rows_empty():
     assert adj.shape == (6, 6)
     assert torch.allclose(sums, torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0]))
     assert torch.allclose(adj[4, :3], torch.tensor([0.5, 0.5, 0.0]))  # item 1 averages users 0 and 1
+
+
+def test_sparse_matmul_with_cached_transpose_matches_dense_gradients():
+    """spmm (symmetric Â reused as its own transpose) and Graph (explicit transpose) give torch's
+    dense products and gradients."""
+    from mmbench.models.graph import Graph, normalized_bipartite_adjacency, spmm
+
+    rng = np.random.default_rng(0)
+    train = sp.csr_matrix((rng.random((7, 5)) < 0.4).astype(np.float32))
+    adj = normalized_bipartite_adjacency(train)
+    rect = sp.csr_matrix(rng.random((7, 5)) * (rng.random((7, 5)) < 0.5), dtype=np.float32)
+    cases = [(lambda x: spmm(adj, x), adj.to_dense(), 12),
+             (lambda x: Graph.from_scipy(rect, CPU) @ x, torch.from_numpy(rect.toarray()), 5)]
+    for product, dense, n_cols in cases:
+        x = torch.randn(n_cols, 3, requires_grad=True)
+        w = torch.randn(len(dense), 3)
+        (g_sparse,) = torch.autograd.grad((product(x) * w).sum(), x)
+        (g_dense,) = torch.autograd.grad(((dense @ x) * w).sum(), x)
+        assert torch.allclose(product(x), dense @ x, atol=1e-6)
+        assert torch.allclose(g_sparse, g_dense, atol=1e-6)
