@@ -96,7 +96,6 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmbench.errors import ConfigError
@@ -118,6 +117,7 @@ from mmbench.models.mmssl_parts import (
     gae_loss,
     gradient_penalty,
     gumbel_softmax_rows,
+    inverted_dropout,
     masked_rows_dense,
     masked_rows_factored,
     official_contrastive,
@@ -295,7 +295,7 @@ class MMSSL(Recommender):
         """Eq. 2: f̃^m = Dropout(Linear(x^m)); f_u^m = Σ_{i∈N_u} f̃_i/√|N_u|; f_i^m = Σ_{u∈N_i} f_u/√|N_i|."""
         out = []
         for m, lin in enumerate(self.transforms):
-            ft = F.dropout(lin(self.feat(m)), self.cfg.drop_rate, dropout)
+            ft = inverted_dropout(lin(self.feat(m)), self.cfg.drop_rate, dropout)
             fu = self.graph("a_ui") @ ft
             out.append((fu, self.graph("a_iu") @ fu))
         return out

@@ -300,6 +300,17 @@ def official_real_rows_factored(h_rows: Rows, extra, extra_dense, zeta: float, m
 
 # --------------------------------------------------------------------------- discriminator (Eq. 4)
 
+def inverted_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout, distributed exactly as F.dropout, with the mask drawn as `U(0,1) ≥ p`: torch's
+    CPU `bernoulli_` costs about three uniform draws per element, and D drops ~4·B·I/4 entries per batch."""
+    if not training or p == 0.0:
+        return x
+    if p >= 1.0:
+        return torch.zeros_like(x)
+    keep = (torch.rand_like(x) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * keep
+
+
 class Discriminator(nn.Module):
     """D(a) = scale · σ(L3(Γ₂(Γ₁(a)))), Γ = Dropout(BatchNorm(LeakyReLU(Linear(·)))), widths I/4, I/8.
 
@@ -329,8 +340,8 @@ class Discriminator(nn.Module):
 
     def tail(self, z1: torch.Tensor) -> torch.Tensor:
         """Everything after the first Linear: [rows, I/4] pre-activations → [rows] critic values."""
-        z = F.dropout(self.bn1(self.act(z1)), self.drop1, self.training)
-        z = F.dropout(self.bn2(self.act(self.l2(z))), self.drop2, self.training)
+        z = inverted_dropout(self.bn1(self.act(z1)), self.drop1, self.training)
+        z = inverted_dropout(self.bn2(self.act(self.l2(z))), self.drop2, self.training)
         return self.out_scale * torch.sigmoid(self.l3(z).squeeze(1))
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
@@ -480,18 +491,48 @@ class OfficialAttention(nn.Module):
 
 # --------------------------------------------------------------------------- contrastive (Eq. 11)
 
+# Below this temperature the shared fixed shift of `paper_contrastive` could underflow (exp(−2/τ) < 1e-38).
+FIXED_SHIFT_MIN_TAU = 0.05
+
+
+def _row_and_col_lse(block: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row- and column-wise logsumexp of block/τ for a block of cosines (entries in [−1, 1]).
+
+    Shifting by the bound 1/τ keeps every exp in [e^{−2/τ}, 1], so one exp serves both directions;
+    very small τ falls back to two stable logsumexps.
+    """
+    if tau < FIXED_SHIFT_MIN_TAU:
+        return torch.logsumexp(block / tau, dim=1), torch.logsumexp(block / tau, dim=0)
+    e = torch.exp((block - 1.0) / tau)
+    return e.sum(1).log() + 1.0 / tau, e.sum(0).log() + 1.0 / tau
+
+
 def paper_contrastive(h: torch.Tensor, modal: list[torch.Tensor], tau: float) -> torch.Tensor:
     """Paper Eq. 11 over the batch users: anchor h_u, positive e_u^m; negatives e^m of the other users
     and the other modalities' e^{m'} of every batch user (scored against e_u^m). Mean over users (the
-    code's choice; Eq. 11 sums), summed over modalities."""
+    code's choice; Eq. 11 sums), summed over modalities.
+
+    The denominator for modality m is logsumexp over [h·e^m | e^m·e^{m'} for m' ≠ m]; each cross block
+    e^m·e^{m'} is computed once and read row-wise for m and column-wise for m'.
+    """
     q = rownorm(h)
     keys = [rownorm(e) for e in modal]
-    total = h.new_zeros(())
+    n_mod = len(keys)
+    parts: list[list[torch.Tensor]] = [[] for _ in range(n_mod)]
+    positives = []
     for m, k in enumerate(keys):
-        same = q @ k.T / tau  # [B, B]; the diagonal is the positive
-        parts = [same] + [k @ keys[o].T / tau for o in range(len(keys)) if o != m]
-        denom = torch.logsumexp(torch.cat(parts, dim=1), dim=1)
-        total = total + (denom - same.diagonal()).mean()
+        same = q @ k.T  # [B, B]; the diagonal is the positive
+        parts[m].append(torch.logsumexp(same / tau, dim=1))
+        positives.append(same.diagonal() / tau)
+    for m in range(n_mod):
+        for o in range(m + 1, n_mod):
+            rows, cols = _row_and_col_lse(keys[m] @ keys[o].T, tau)
+            parts[m].append(rows)
+            parts[o].append(cols)
+    total = h.new_zeros(())
+    for m in range(n_mod):
+        denom = torch.logsumexp(torch.stack(parts[m]), dim=0)
+        total = total + (denom - positives[m]).mean()
     return total
 
 

@@ -19,6 +19,8 @@ from mmbench.models.mmssl_parts import (
     masked_rows_factored,
     official_real_rows_factored,
     gumbel_softmax_rows,
+    inverted_dropout,
+    paper_contrastive,
     row_sq_norms,
     rownorm,
     sparsify,
@@ -458,3 +460,42 @@ def test_short_training_beats_random(name):
     test_users = np.flatnonzero(np.diff(data.test.indptr) > 0)
     random_recall = float(np.mean(20 / (data.n_items - train_deg[test_users])))
     assert rec["test"]["recall@20"] > 1.5 * random_recall, (rec["test"]["recall@20"], random_recall)
+
+
+def _contrastive_by_definition(h, modal, tau):
+    """Eq. 11 written per user: −log(e^{s(h_u, e_u^m)} / Σ over e^m_v (all v) and e^{m'}_v (m' ≠ m, all v)
+    scored against e_u^m), mean over users, summed over modalities."""
+    q = rownorm(h)
+    keys = [rownorm(e) for e in modal]
+    total = 0.0
+    for m, k in enumerate(keys):
+        for u in range(len(h)):
+            logits = [q[u] @ k.T] + [k[u] @ keys[o].T for o in range(len(keys)) if o != m]
+            logits = torch.cat(logits) / tau
+            total = total + (torch.logsumexp(logits, 0) - (q[u] @ k[u]) / tau) / len(h)
+    return total
+
+
+@pytest.mark.parametrize("n_mod", [1, 2, 3])
+@pytest.mark.parametrize("tau", [0.085, 0.01])  # the shared fixed shift, and the small-τ fallback
+def test_paper_contrastive_matches_its_definition_in_value_and_gradient(n_mod, tau):
+    gen = torch.Generator().manual_seed(n_mod)
+    h = torch.randn(9, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    modal = [torch.randn(9, 6, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(n_mod)]
+    fast = paper_contrastive(h, modal, tau)
+    slow = _contrastive_by_definition(h, modal, tau)
+    g_fast = torch.autograd.grad(fast, [h, *modal])
+    g_slow = torch.autograd.grad(slow, [h, *modal])
+    assert float(fast) == pytest.approx(float(slow), rel=1e-9)
+    for a, b in zip(g_fast, g_slow):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_inverted_dropout_keeps_the_expectation_and_the_drop_rate():
+    torch.manual_seed(0)
+    x = torch.ones(400, 500)
+    out = inverted_dropout(x, 0.31, True)
+    assert abs(float((out == 0).float().mean()) - 0.31) < 0.005
+    assert float(out.mean()) == pytest.approx(1.0, abs=0.01)
+    assert torch.equal(inverted_dropout(x, 0.31, False), x)
+    assert torch.equal(inverted_dropout(x, 1.0, True), torch.zeros_like(x))
