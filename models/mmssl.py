@@ -100,10 +100,10 @@ from torch import nn
 
 from mmbench.errors import ConfigError
 from mmbench.models.base import Batch, Recommender, bpr_loss, l2_per_batch, register
+from mmbench.models.graph import Graph
 from mmbench.models.mmssl_parts import (
     GUMBEL_SPARSE_TOL,
     Discriminator,
-    Graph,
     ModalityAttention,
     OfficialAttention,
     Rows,

@@ -491,7 +491,8 @@ class OfficialAttention(nn.Module):
 
 # --------------------------------------------------------------------------- contrastive (Eq. 11)
 
-# Below this temperature the shared fixed shift of `paper_contrastive` could underflow (exp(−2/τ) < 1e-38).
+# The fixed shift of `paper_contrastive` needs exp(−2/τ) representable in float32 (τ > ≈ 0.023); below
+# this margin it falls back to stable logsumexps.
 FIXED_SHIFT_MIN_TAU = 0.05
 
 
