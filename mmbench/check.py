@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mmbench import records
+from mmbench.atomic import atomic_write
 from mmbench.errors import MMBenchError
 
 DEFAULT_METRICS = ("recall@20", "precision@20", "ndcg@20")
@@ -64,7 +65,7 @@ def cmd_check(args) -> int:
             raise MMBenchError(f"no completed runs of dataset {args.dataset!r} under {args.results}")
         ref = {"dataset": args.dataset, "split": args.split, "tolerance": args.tolerance,
                "expect": {m: {k: round(v[k], 6) for k in DEFAULT_METRICS if k in v} for m, v in sorted(observed.items())}}
-        records.atomic_write_bytes(path, (json.dumps(ref, indent=1) + "\n").encode())
+        atomic_write(path, (json.dumps(ref, indent=1) + "\n").encode())
         print(f"wrote {path}: {len(ref['expect'])} model(s), tolerance {args.tolerance}")
         return 0
     ref = read_reference(path)

@@ -88,10 +88,11 @@ def _add_models(sub) -> None:
 def cmd_models(args) -> int:
     from mmbench.models.base import registry
 
-    for name, cls in registry().items():
+    zoo = registry(allow_broken=True)
+    for name, cls in zoo.items():
         own = (cls.__dict__.get("__doc__") or "").strip().splitlines()
         module = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        shared_module = sum(c.__module__ == cls.__module__ for c in registry().values()) > 1
+        shared_module = sum(c.__module__ == cls.__module__ for c in zoo.values()) > 1
         line = ((own or module) if shared_module else (module or own) or [""])[0]
         print(f"{name:22s} {line}")
         if args.verbose:

@@ -29,10 +29,12 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "valid_metric": "recall@20",
     "modalities": None,  # None = every modality of the dataset
     "eval_chunk_size": 2048,
+    # seconds between checkpoints of the running state (always at the end); 0 = every epoch
+    "checkpoint_every": 30.0,
 }
 
 # Keys that identify a run but do not change the computed function (excluded from the hash).
-NON_FUNCTIONAL_KEYS = {"eval_chunk_size"}
+NON_FUNCTIONAL_KEYS = {"eval_chunk_size", "checkpoint_every"}
 
 
 class Config(dict):

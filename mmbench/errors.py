@@ -11,3 +11,7 @@ class DataError(MMBenchError):
 
 class ConfigError(MMBenchError):
     """An unknown or ill-typed configuration key, model or dataset name."""
+
+
+class ModelImportError(MMBenchError):
+    """A module of the model zoo failed to import (the message names it)."""

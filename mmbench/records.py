@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmbench.atomic import atomic_write
+
 RECORD = "record.json"
 ARRAYS = "arrays.npz"
 SCHEMA_VERSION = 1
@@ -28,20 +29,13 @@ def run_dir(results: Path, dataset: str, model: str, run_id: str) -> Path:
     return Path(results) / "runs" / dataset / model / run_id
 
 
-def atomic_write_bytes(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
-
-
 def write_record(folder: Path, record: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Arrays first, record last: a folder with `record.json` is a complete run."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(folder / ARRAYS, buf.getvalue())
+    atomic_write(folder / ARRAYS, buf.getvalue())
     record = dict(record, arrays=ARRAYS, schema_version=SCHEMA_VERSION)
-    atomic_write_bytes(folder / RECORD, json.dumps(record, indent=1, default=_json_default).encode())
+    atomic_write(folder / RECORD, json.dumps(record, indent=1, default=_json_default).encode())
     return folder / RECORD
 
 

@@ -6,30 +6,16 @@ evaluator. Files, splits, sampling, early stopping and metrics live elsewhere.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from mmbench.errors import ConfigError
+from mmbench.train.batch import Batch  # noqa: F401  (re-exported: models import it from here)
+from mmbench.train.sampler import BPRSampler
 
 _REGISTRY: dict[str, type["Recommender"]] = {}
-
-
-@dataclass
-class Batch:
-    """One training batch of (user, positive item, negative item) triples."""
-
-    users: torch.Tensor
-    pos: torch.Tensor
-    neg: torch.Tensor
-
-    def to(self, device: torch.device) -> "Batch":
-        return Batch(self.users.to(device), self.pos.to(device), self.neg.to(device))
-
-    def __len__(self) -> int:
-        return len(self.users)
 
 
 class Recommender(nn.Module):
@@ -72,8 +58,6 @@ class Recommender(nn.Module):
 
     def make_sampler(self, train, batch_size: int, seed: int):
         """The batch source for one run; override for model-specific sampling (e.g. per-user)."""
-        from mmbench.train.sampler import BPRSampler
-
         return BPRSampler(train, batch_size=batch_size, seed=seed)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -154,9 +138,17 @@ def register(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
     return wrap
 
 
-def registry() -> dict[str, type[Recommender]]:
-    import mmbench.models  # noqa: F401  (importing the package registers every model)
+def registry(allow_broken: bool = False) -> dict[str, type[Recommender]]:
+    """Every registered model by name. A zoo module that failed to import is an error naming it
+    (unless `allow_broken`, for `mmbench models`, which lists the failures)."""
+    from mmbench.models import BROKEN  # importing the package registers every model
 
+    if BROKEN and not allow_broken:
+        from mmbench.errors import ModelImportError
+
+        module, error = next(iter(BROKEN.items()))
+        more = f" (and {len(BROKEN) - 1} more: see `mmbench models`)" if len(BROKEN) > 1 else ""
+        raise ModelImportError(f"model module models/{module}.py failed to import: {error}{more}")
     return dict(sorted(_REGISTRY.items()))
 
 

@@ -65,14 +65,13 @@ def loss_and_scores_are_finite(model, atol: float = 1e-6) -> dict:
 
 
 def interrupted_then_resumed(monkeypatch, run, between=None):
-    """Call `run()` with a checkpoint after every epoch and a KeyboardInterrupt at the 3rd validation,
+    """Call `run()` (whose config must say `checkpoint_every=0`) with a KeyboardInterrupt at the 3rd validation,
     optionally check the half-written run folder with `between()`, then call `run()` again (which must
     resume from the checkpoint) and return its result."""
     import pytest
 
     import mmbench.train.trainer as trainer_mod
 
-    monkeypatch.setattr(trainer_mod, "CHECKPOINT_SECONDS", 0.0)
     orig, calls = trainer_mod.Trainer.validate, {"n": 0}
 
     def crash_on_third(self):

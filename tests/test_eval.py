@@ -97,6 +97,25 @@ def test_legacy_ndcg_is_zero_when_hits_are_only_below_k():
     assert res.per_user["ndcg_legacy@50"][0] == pytest.approx(1 / math.log2(32) / idcg(1))
 
 
+def test_legacy_ndcg_ideal_comes_from_the_top_50_whatever_eval_ks_holds():
+    # the user's hits sit at ranks 3, 30, 40 and 50: with eval_ks=(10, 20) the legacy ideal still counts
+    # the four hits of the top-50 (capped at K), not the one hit of the top-20
+    n_items = 120
+    test_items = [2, 29, 39, 49, 100]
+    ds = make_ds(1, n_items, test=[(0, i) for i in test_items])
+    S = -np.arange(n_items, dtype=np.float64)[None]
+    narrow = evaluate(matrix_scorer(S), ds, ks=(10, 20))
+    wide = evaluate(matrix_scorer(S), ds, ks=(10, 20, 50))
+    dcg = 1 / math.log2(4)  # rank 3
+    for k in (10, 20):
+        assert narrow.per_user[f"ndcg_legacy@{k}"][0] == pytest.approx(dcg / idcg(4))
+        assert narrow.per_user[f"ndcg_legacy@{k}"][0] == wide.per_user[f"ndcg_legacy@{k}"][0]
+        assert narrow.per_user[f"ndcg@{k}"][0] == pytest.approx(dcg / idcg(5))
+    # external ranked lists follow the same definition
+    lists = {0: list(range(n_items))}
+    assert evaluate_topk(lists, ds, ks=(10, 20)).per_user["ndcg_legacy@20"][0] == pytest.approx(dcg / idcg(4))
+
+
 def test_keys_and_shapes():
     ds = random_ds(0)
     res = evaluate(matrix_scorer(np.random.default_rng(0).random((60, 80))), ds, ks=(20, 5), keep_topk=True)
@@ -240,14 +259,16 @@ def test_evaluate_topk_equals_evaluate():
     ds = random_ds(11)
     S = np.random.default_rng(11).integers(0, 6, size=(60, 80)).astype(np.float32)
     res = evaluate(matrix_scorer(S), ds, ks=(5, 20), mask="train+valid", keep_topk=True)
-    lists = {int(u): [int(i) for i in row if i >= 0] for u, row in zip(res.users, res.topk)}
+    # lists as deep as the evaluator ranks (the legacy NDCG's ideal reads the top 50)
+    deep = evaluate(matrix_scorer(S), ds, ks=(5, 20, 50), mask="train+valid", keep_topk=True)
+    lists = {int(u): [int(i) for i in row if i >= 0] for u, row in zip(deep.users, deep.topk)}
     # a train item, a valid item and a repeated item are dropped, like the evaluator never ranks them
     u0 = int(res.users[0])
     masked = list(ds.train[u0].indices[:1]) + list(ds.valid[u0].indices[:1])
     lists[u0] = masked + lists[u0][:3] + lists[u0][:1] + lists[u0][3:]
     for u in np.flatnonzero(np.diff(ds.test.indptr) == 0):  # users without test items are ignored
         lists[int(u)] = [0, 1, 2]
-    for given in (lists, (res.users, res.topk)):
+    for given in (lists, (deep.users, deep.topk)):
         ext = evaluate_topk(given, ds, ks=(5, 20), mask="train+valid", keep_topk=True)
         np.testing.assert_array_equal(ext.users, res.users)
         np.testing.assert_array_equal(ext.topk, res.topk)

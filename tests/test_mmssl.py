@@ -439,8 +439,9 @@ def test_paper_graph_keeps_every_user_with_items_populated(zero_degree):
 def test_resume_after_interruption_gives_the_same_result(synthetic, tmp_path, monkeypatch, name):
 
     cfg = model_config(name, "synthetic", "full", None,
-                       ["epochs=4", "patience=100", "batch_size=32", "topk_rate=0.05", "rebuild_every=3"]
-                       if name == "mmssl-official" else ["epochs=4", "patience=100", "batch_size=32"])
+                       ["epochs=4", "patience=100", "batch_size=32", "checkpoint_every=0", "topk_rate=0.05",
+                        "rebuild_every=3"]
+                       if name == "mmssl-official" else ["epochs=4", "patience=100", "batch_size=32", "checkpoint_every=0"])
     full = train_one(name, synthetic, cfg, 3, resolve_device("cpu"), tmp_path / "full", progress=False)
     resumed = interrupted_then_resumed(monkeypatch, lambda: train_one(
         name, synthetic, cfg, 3, resolve_device("cpu"), tmp_path / "resumed", progress=False))

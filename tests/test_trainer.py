@@ -74,7 +74,7 @@ def test_record_has_design_keys(synthetic, tmp_path):
 
 
 def test_resume_after_interruption_gives_the_same_result(synthetic, tmp_path, monkeypatch):
-    cfg = cfg_for("mf-bpr", "patience=100")
+    cfg = cfg_for("mf-bpr", "patience=100", "checkpoint_every=0")
     full = train_one("mf-bpr", synthetic, cfg, 3, CPU, tmp_path / "full", progress=False)
 
     def half_written():

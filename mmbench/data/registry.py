@@ -14,8 +14,6 @@ import hashlib
 import importlib.resources
 import json
 import os
-import shutil
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import yaml
 
+from mmbench.atomic import atomic_copy, atomic_write
 from mmbench.data import readers
 from mmbench.data.dataset import SPLITS, Dataset, canonical_csr
 from mmbench.data.validate import one_line
@@ -151,7 +150,7 @@ def file_checksum(path: Path, use_cache: bool = True) -> str:
     digest = sha256_file(path)
     table[str(path)] = {"stamp": stamp, "sha256": digest}
     try:
-        _atomic_write(store, json.dumps(table, sort_keys=True).encode())
+        atomic_write(store, json.dumps(table, sort_keys=True).encode())
     except OSError:
         pass  # the hash cache is an optimisation only
     return digest
@@ -177,20 +176,6 @@ def _checksums(c: dict, root: Path, verify: bool, use_cache: bool = True) -> dic
 
 # --------------------------------------------------------------------------- npz cache
 
-def _atomic_write(path: Path, payload) -> None:
-    """Write bytes (or call `payload(fh)`) to a temp file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            payload(fh) if callable(payload) else fh.write(payload)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a shared cache must stay readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cache_key(c: dict, sums: dict) -> str:
     key = {"reader": readers.READER_VERSION, "name": c["name"], "layout": c["layout"],
            "directory": c.get("directory"), "reader_args": c["reader"], "params": c["params"],
@@ -214,7 +199,7 @@ def _save_cache(path: Path, ds: Dataset) -> None:
     header = {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items,
               "modalities": list(ds.features), "meta": ds.meta}
     arrays["header"] = np.array(json.dumps(header))
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _load_cache(path: Path) -> Dataset | None:
@@ -369,15 +354,7 @@ def import_dataset(name: str, from_path, data_dir=None) -> dict:
         if target.is_file() and sha256_file(target) == expected:
             kept.append(f)
             continue
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f, suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(src / f, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_copy(src / f, target)
         copied.append(f)
     return {"name": name, "source": str(src), "destination": str(dest), "copied": copied,
             "already_present": kept}

@@ -243,15 +243,16 @@ def evaluate(
     returned tensor is masked in place (views and grad-tracking tensors are copied first). Evaluated
     users are those with a non-empty list in `split` (ascending), optionally intersected with `users`.
     `mask="train+valid"` also hides valid items when testing. Non-finite scores are an error.
-    `result.topk` (keep_topk=True) holds -1 where a user had fewer than max K unmasked items.
+    Every user is ranked to depth max(max K, 50) (the legacy NDCG's ideal needs the top-50 whatever
+    `ks` is); `result.topk` (keep_topk=True) holds the top max K, -1 where a user had fewer unmasked items.
     """
     split, mask, ks = _protocol(split, mask, ks)
     if int(chunk_size) < 1:
         raise ProtocolError(f"chunk_size must be >= 1, got {chunk_size!r}")
     chunk_size = int(chunk_size)
     plan = _plan(dataset, split, mask, users)
-    n_items, max_k = plan.n_items, max(ks)
-    topk = np.full((len(plan.users), max_k), -1, dtype=np.int64)
+    n_items, depth = plan.n_items, M.ranking_depth(ks)
+    topk = np.full((len(plan.users), depth), -1, dtype=np.int64)
     bad: list[np.ndarray] = []
     device = torch.device("cpu") if device is None else torch.device(device)
     with torch.no_grad():
@@ -263,7 +264,7 @@ def evaluate(
             if bad:  # keep scanning only to report how many users are affected
                 continue
             s.view(-1).index_fill_(0, plan.mask_index(chunk_size, c, s.device), float("-inf"))
-            vals, idx = topk_lower_id(s, max_k)
+            vals, idx = topk_lower_id(s, depth)
             idx = torch.where(torch.isneginf(vals), torch.full_like(idx, -1), idx)
             topk[start:stop, : idx.shape[1]] = idx.cpu().numpy()
     if bad:
@@ -283,7 +284,7 @@ def _finish(plan: _Plan, topk: np.ndarray, split, mask, ks, keep_topk) -> EvalRe
         mean=M.mean_metrics(per_user),
         item_hits=M.item_hit_counts(topk, hits, ks, plan.n_items),
         item_test_counts=plan.item_test_counts.copy(),
-        topk=topk if keep_topk else None,
+        topk=np.ascontiguousarray(topk[:, :max(ks)]) if keep_topk else None,
         split=split,
         mask=mask,
         ks=ks,
@@ -328,11 +329,11 @@ def evaluate_topk(
     `topk_lists` is {user: [item, ...]} in rank order, a pair (users, items [n, L] padded with -1),
     or an [n_users, L] array. Masked items (the user's train items, or train+valid, as in
     `evaluate`) and repeated items are dropped before truncation to max K, exactly as the evaluator
-    never ranks them; shorter lists simply have fewer hits. Evaluated users without a list score 0.
+    never ranks them; shorter lists simply have fewer hits. Lists are read to max(max K, 50) items. Evaluated users without a list score 0.
     """
     split, mask, ks = _protocol(split, mask, ks)
     plan = _plan(dataset, split, mask, users)
-    n_items, max_k = plan.n_items, max(ks)
+    n_items, depth = plan.n_items, M.ranking_depth(ks)
     us, items = _ranked_arrays(topk_lists, dataset.n_users)
     if len(np.unique(us)) != len(us):
         raise DataError("ranked lists name a user more than once")
@@ -354,7 +355,7 @@ def evaluate_topk(
     ranked = np.where(first, ranked, -1)
     order = np.argsort(ranked < 0, axis=1, kind="stable")
     ranked = np.take_along_axis(ranked, order, axis=1)
-    topk = np.full((len(plan.users), max_k), -1, dtype=np.int64)
-    width = min(max_k, ranked.shape[1])
+    topk = np.full((len(plan.users), depth), -1, dtype=np.int64)
+    width = min(depth, ranked.shape[1])
     topk[:, :width] = ranked[:, :width]
     return _finish(plan, topk, split, mask, ks, keep_topk)

@@ -8,12 +8,38 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-METRICS = ("recall", "precision", "ndcg", "ndcg_legacy", "hit")
+RECALL, PRECISION, NDCG, NDCG_LEGACY, HIT = "recall", "precision", "ndcg", "ndcg_legacy", "hit"
+METRICS = (RECALL, PRECISION, NDCG, NDCG_LEGACY, HIT)
+# The MMSSL/LATTICE/NGCF code builds `ndcg_legacy`'s ideal DCG from the hits in the top-50 list,
+# whatever K is reported: every ranking is computed at least this deep.
+LEGACY_IDEAL_DEPTH = 50
+
+
+def metric_key(metric: str, k: int) -> str:
+    """The result key of `metric` at cut-off `k`, e.g. metric_key(RECALL, 20) == "recall@20"."""
+    return f"{metric}@{int(k)}"
+
+
+def parse_metric_key(key: str) -> tuple[str, int]:
+    """("recall", 20) from "recall@20"; ValueError for anything that is not <metric>@<K>."""
+    name, sep, k = str(key).partition("@")
+    if name not in METRICS or not sep or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"not a metric key: {key!r} (expected <{'|'.join(METRICS)}>@K)")
+    return name, int(k)
+
+
+def ranking_depth(ks) -> int:
+    """How many ranked items every user needs: max K, and at least the legacy ideal's depth."""
+    return max(max(int(k) for k in ks), LEGACY_IDEAL_DEPTH)
+
+
+# Headline metrics of the reports and the CI gate (K = 20, the paper's cut-off).
+RECALL_20, PRECISION_20, NDCG_20, NDCG_LEGACY_20 = (metric_key(m, 20) for m in (RECALL, PRECISION, NDCG, NDCG_LEGACY))
 
 
 def metric_keys(ks) -> list[str]:
     """Result keys in a stable order: every metric at every K, e.g. "recall@20"."""
-    return [f"{m}@{k}" for k in ks for m in METRICS]
+    return [metric_key(m, k) for k in ks for m in METRICS]
 
 
 def discounts(n: int) -> np.ndarray:
@@ -49,32 +75,32 @@ def pair_in(keys: np.ndarray, users: np.ndarray, items: np.ndarray, n_items: int
 def user_metrics(hits: np.ndarray, n_pos: np.ndarray, ks) -> dict[str, np.ndarray]:
     """All metrics for every K from a bool hit matrix [n, L] in rank order.
 
-    `n_pos` is |P_u| (> 0). Lists shorter than max(ks) (L < max K) count as misses beyond L.
+    `n_pos` is |P_u| (> 0). Lists shorter than `ranking_depth(ks)` count as misses beyond their end.
     `ndcg` uses the ideal DCG of min(|P_u|, K) hits; `ndcg_legacy` the MMSSL/LATTICE/NGCF code's
-    ideal DCG of min(hits in the top-max(ks) list, K) hits (0 when there is no hit).
+    ideal DCG of min(hits in the top-50 list, K) hits (0 when there is no hit), whatever `ks` holds.
     """
     ks = [int(k) for k in ks]
-    max_k = max(ks)
+    depth = ranking_depth(ks)
     n = hits.shape[0]
-    h = np.zeros((n, max_k), dtype=np.float64)
-    width = min(hits.shape[1], max_k)
+    h = np.zeros((n, depth), dtype=np.float64)
+    width = min(hits.shape[1], depth)
     h[:, :width] = hits[:, :width]
     cum_hits = np.cumsum(h, axis=1)
-    cum_dcg = np.cumsum(h * discounts(max_k), axis=1)
-    idcg = idcg_table(max_k)
+    cum_dcg = np.cumsum(h * discounts(depth), axis=1)
+    idcg = idcg_table(depth)
     n_pos = np.asarray(n_pos, dtype=np.int64)
-    hits_all = cum_hits[:, -1].astype(np.int64) if n else np.zeros(0, dtype=np.int64)
+    hits_legacy = cum_hits[:, LEGACY_IDEAL_DEPTH - 1].astype(np.int64) if n else np.zeros(0, dtype=np.int64)
     out: dict[str, np.ndarray] = {}
     for k in ks:
         hk = cum_hits[:, k - 1] if n else np.zeros(0)
         dcg = cum_dcg[:, k - 1] if n else np.zeros(0)
         ideal = idcg[np.minimum(n_pos, k)]
-        ideal_legacy = idcg[np.minimum(hits_all, k)]
-        out[f"recall@{k}"] = hk / n_pos
-        out[f"precision@{k}"] = hk / k
-        out[f"ndcg@{k}"] = dcg / ideal
-        out[f"ndcg_legacy@{k}"] = np.divide(dcg, ideal_legacy, out=np.zeros(n), where=ideal_legacy > 0)
-        out[f"hit@{k}"] = (hk > 0).astype(np.float64)
+        ideal_legacy = idcg[np.minimum(hits_legacy, k)]
+        out[metric_key(RECALL, k)] = hk / n_pos
+        out[metric_key(PRECISION, k)] = hk / k
+        out[metric_key(NDCG, k)] = dcg / ideal
+        out[metric_key(NDCG_LEGACY, k)] = np.divide(dcg, ideal_legacy, out=np.zeros(n), where=ideal_legacy > 0)
+        out[metric_key(HIT, k)] = (hk > 0).astype(np.float64)
     return {key: out[key] for key in metric_keys(ks)}
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mmbench import records, stats
+from mmbench.atomic import atomic_write
 from mmbench.errors import MMBenchError
 
 MISSING = "–"
@@ -414,7 +415,7 @@ def write_table(t: Table, out: Path, formats=("md", "tex", "csv")) -> list[Path]
     paths = []
     for fmt in formats:
         p = out / f"{t.name}.{fmt}"
-        records.atomic_write_bytes(p, render[fmt](t).encode("utf-8"))
+        atomic_write(p, render[fmt](t).encode("utf-8"))
         paths.append(p)
     return paths
 

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from mmbench.models.base import Batch
+from mmbench.train.batch import Batch
 
 
 class BPRSampler:

@@ -7,8 +7,6 @@ loop, with the best-valid state.
 from __future__ import annotations
 
 import copy
-import io
-import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -20,11 +18,11 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from mmbench.atomic import atomic_write
 from mmbench.data.dataset import Dataset
 from mmbench.eval import EvalResult, evaluate
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_SECONDS = 30.0  # save the running state at most this often (and always at the end)
 
 
 @dataclass
@@ -143,12 +141,7 @@ class Trainer:
     def _save(self, state: dict) -> None:
         if self.run_dir is None:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, self.run_dir / CHECKPOINT)
+        atomic_write(self.run_dir / CHECKPOINT, lambda fh: torch.save(state, fh))
 
     def _load(self) -> dict | None:
         if self.run_dir is None or not (self.run_dir / CHECKPOINT).exists():
@@ -236,7 +229,7 @@ class Trainer:
             history.append(entry)
             bar.update(1)
             now = time.perf_counter()
-            if now - last_save >= CHECKPOINT_SECONDS or stopped or epoch == cfg.epochs:
+            if now - last_save >= cfg.checkpoint_every or stopped or epoch == cfg.epochs:
                 self._save({
                     "epoch": epoch, "model": self.model.state_dict(), "extra": self.model.extra_state(),
                     "optimizers": [o.state_dict() for o in optimizers], "sampler": sampler.state_dict(),
