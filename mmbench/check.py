@@ -3,9 +3,11 @@ file and exits 1 when any metric moved by more than its tolerance (in either dir
 gain is as suspicious as a loss).
 
 Reference file (JSON):
-    {"dataset": "ml100k", "split": "test", "tolerance": 0.005,
-     "expect": {"lightgcn": {"recall@20": 0.21, "ndcg@20": 0.25}, ...}}
-Several seeds of one model are averaged. `--write` creates/refreshes the file from the records.
+    {"dataset": "ml100k", "fingerprint": "<sha256 of the data>", "split": "test", "tolerance": 0.005,
+     "expect": {"lightgcn": {"<metric>@20": 0.21, ...}, ...}}
+Runs are grouped as in the reports: by dataset name AND content fingerprint (a modified copy of a
+dataset is another dataset), one configuration per model (its most recent), one run per seed;
+the seeds of that configuration are averaged. `--write` creates/refreshes the file from the records.
 """
 from __future__ import annotations
 
@@ -15,21 +17,43 @@ from pathlib import Path
 
 import numpy as np
 
-from mmbench import records
 from mmbench.atomic import atomic_write
 from mmbench.errors import MMBenchError
+from mmbench.eval.metrics import NDCG_20, PRECISION_20, RECALL_20
 
-DEFAULT_METRICS = ("recall@20", "precision@20", "ndcg@20")
+DEFAULT_METRICS = (RECALL_20, PRECISION_20, NDCG_20)
 
 
-def collect(results: Path, dataset: str, split: str) -> dict[str, dict[str, float]]:
-    """Mean metric per model over the completed runs of `dataset` under `results`."""
-    per_model: dict[str, list[dict[str, float]]] = {}
-    for folder in records.find_records(results):
-        rec = records.read_record(folder)
-        if rec["dataset"]["name"] == dataset:
-            per_model.setdefault(rec["model"], []).append(rec[split])
-    return {m: {k: float(np.mean([r[k] for r in runs])) for k in runs[0]} for m, runs in per_model.items()}
+def collect(results: Path, dataset: str, split: str, fingerprint: str | None = None
+            ) -> tuple[str, dict[str, dict[str, float]]]:
+    """(fingerprint, mean metric per model) of the runs on `dataset` under `results`.
+
+    Without a `fingerprint`, the runs must all be on one dataset of that name: runs on two
+    different datasets that share a name are an error, never averaged together."""
+    from mmbench.reports.common import ReportError, load_runs
+
+    try:
+        rs = load_runs(results)
+    except ReportError:
+        return fingerprint or "", {}
+    groups = {}
+    for key, models in rs.groups.items():
+        for runs in models.values():
+            ref = runs[0].record.dataset
+            if ref.name == dataset and (fingerprint is None or ref.fingerprint == fingerprint):
+                groups[ref.fingerprint] = key
+    if not groups:
+        return fingerprint or "", {}
+    if len(groups) > 1:
+        raise MMBenchError(f"{results}: runs on {len(groups)} different datasets named {dataset!r} "
+                           f"(fingerprints {', '.join(sorted(f[:12] for f in groups))}); the reference must "
+                           f"name the one to check (`fingerprint`)")
+    (fp, key), = groups.items()
+    observed = {}
+    for model, runs in rs.groups[key].items():
+        values = [r.record.valid if split == "valid" else (r.record.test or {}) for r in runs]
+        observed[model] = {k: float(np.mean([v[k] for v in values if k in v])) for k in values[0]}
+    return fp, observed
 
 
 def compare(reference: dict, observed: dict[str, dict[str, float]]) -> list[tuple[str, str, float, float | None, bool]]:
@@ -60,16 +84,19 @@ def cmd_check(args) -> int:
     if args.write:
         if not args.dataset:
             raise MMBenchError("--write needs --dataset")
-        observed = collect(Path(args.results), args.dataset, args.split)
+        fingerprint, observed = collect(Path(args.results), args.dataset, args.split)
         if not observed:
             raise MMBenchError(f"no completed runs of dataset {args.dataset!r} under {args.results}")
-        ref = {"dataset": args.dataset, "split": args.split, "tolerance": args.tolerance,
+        ref = {"dataset": args.dataset, "fingerprint": fingerprint, "split": args.split, "tolerance": args.tolerance,
                "expect": {m: {k: round(v[k], 6) for k in DEFAULT_METRICS if k in v} for m, v in sorted(observed.items())}}
         atomic_write(path, (json.dumps(ref, indent=1) + "\n").encode())
         print(f"wrote {path}: {len(ref['expect'])} model(s), tolerance {args.tolerance}")
         return 0
     ref = read_reference(path)
-    observed = collect(Path(args.results), ref["dataset"], ref.get("split", "test"))
+    _, observed = collect(Path(args.results), ref["dataset"], ref.get("split", "test"), ref.get("fingerprint"))
+    if not observed:
+        where = f" with fingerprint {ref['fingerprint'][:12]}" if ref.get("fingerprint") else ""
+        print(f"no runs of dataset {ref['dataset']!r}{where} under {args.results}")
     rows = compare(ref, observed)
     failed = 0
     for model, metric, expected, got, ok in rows:

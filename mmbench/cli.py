@@ -18,6 +18,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser(
         "run", help="train models on a dataset under the shared protocol and write run records",
@@ -37,15 +47,16 @@ def _add_run(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--results", default="results", help="results directory (run records go to <results>/runs/)")
     p.add_argument("--data-dir", help="data directory (default: $MMBENCH_DATA_DIR, else the project's datasets/)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="intra-op torch threads per run. With 1 (the default) a rerun gives byte-identical "
+                        "results; the count is part of each run's identity. Run several runs side by side "
+                        "for parallelism; use --threads 2 for a single long run on an otherwise idle machine")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first model that crashes")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args) -> int:
-    import torch
-
     from mmbench.data.registry import load_dataset
     from mmbench.runner import (check_model_fits_data, expand_models, model_config, parse_seeds,
                                 run_all, summary_table)
@@ -54,8 +65,6 @@ def cmd_run(args) -> int:
     models = expand_models(args.models)
     seeds = parse_seeds(args.seeds)
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     if args.models.strip() == "all" and not data.features:
         from mmbench.models.base import get_model_class
@@ -68,10 +77,12 @@ def cmd_run(args) -> int:
         cfg = model_config(m, data.name, args.budget, args.config, args.set_items)
         check_model_fits_data(m, cfg, data)
     print(f"mmbench run: {len(models)} model(s) × {len(seeds)} seed(s) on {data.name} "
-          f"({data.n_users} users, {data.n_items} items, modalities {data.modalities or 'none'}) "
-          f"on {device}", file=sys.stderr)
+          f"({data.n_users} users, {data.n_items} items, modalities {data.modalities or 'none'}, "
+          f"data {data.fingerprint[:12]}) on {device}, {args.threads} thread(s) per run, "
+          f"budget {args.budget}", file=sys.stderr)
     outcomes = run_all(models, data, seeds, device, Path(args.results), args.budget, args.config,
-                       args.set_items, progress=not args.no_progress, fail_fast=args.fail_fast)
+                       args.set_items, progress=not args.no_progress, fail_fast=args.fail_fast,
+                       threads=args.threads)
     print(summary_table(outcomes))
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
@@ -86,6 +97,7 @@ def _add_models(sub) -> None:
 
 
 def cmd_models(args) -> int:
+    from mmbench.config import TRAINER_PARAMS, declarations
     from mmbench.models.base import registry
 
     zoo = registry(allow_broken=True)
@@ -96,10 +108,16 @@ def cmd_models(args) -> int:
         line = ((own or module) if shared_module else (module or own) or [""])[0]
         print(f"{name:22s} {line}")
         if args.verbose:
-            for k, v in cls.defaults.items():
-                print(f"    {k} = {v}")
-            for ds in cls.presets:
-                print(f"    preset: {ds}")
+            params = declarations(cls.defaults)
+            for k in cls.defaults:
+                p = params[k]
+                print(f"    {k + ' = ' + repr(p.default):34s} {p.describe()}{'  # ' + p.doc if p.doc else ''}")
+            for ds, values in cls.presets.items():
+                print(f"    preset {ds}: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+    if args.verbose:
+        print("trainer keys (every model; a model's value above replaces the default):")
+        for k, p in TRAINER_PARAMS.items():
+            print(f"    {k + ' = ' + repr(p.default):34s} {p.describe()}{'  # ' + p.doc if p.doc else ''}")
     from mmbench.models import BROKEN
 
     for module, error in BROKEN.items():

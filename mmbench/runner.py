@@ -1,4 +1,11 @@
-"""Expands models × seeds into runs, trains each (resuming or skipping), writes run records."""
+"""Expands models × seeds into runs, trains each (resuming or skipping), writes run records.
+
+A run's identity — model, fully resolved config, seed, budget, torch threads, device type and the
+loaded dataset's content fingerprint — names its folder, so a rerun with any of them changed is a
+new run, and a rerun with none changed resumes or is skipped as complete. Code and library versions
+are recorded in `env`, not in the identity. Each run sets its own intra-op thread count (default 1:
+results are then byte-identical across reruns; parallelism comes from running runs side by side).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -11,22 +18,16 @@ from typing import Any
 
 import numpy as np
 
+import torch
+
 from mmbench import records
+from mmbench.budget import budget_caps, budget_label, check_budget
 from mmbench.config import Config, load_config_file, parse_set_items, resolve
 from mmbench.data.dataset import Dataset
 from mmbench.errors import ConfigError, MMBenchError
+from mmbench.eval.metrics import NDCG, NDCG_LEGACY, PRECISION, RECALL, metric_key
 
-# Budget profiles cap the work of `mmbench run` without touching the protocol (valid-only early
-# stopping, test once). `full` = the models' own settings. They sit below --config and --set, and
-# the resolved caps are part of each run's config (and so of its record and run id).
-BUDGETS: dict[str, dict[str, Any]] = {
-    "full": {},
-    "quick": {"epochs": 10, "patience": 3},
-    "smoke": {"epochs": 2, "patience": 1},
-}
-# `heavy` models (MMSSL, SGL, NCL: tens of seconds per epoch on a 2-core laptop even on ML-100K)
-HEAVY_BUDGETS: dict[str, dict[str, Any]] = {"quick": {"epochs": 1, "patience": 1}}
-
+DEFAULT_THREADS = 1
 
 @dataclass
 class RunOutcome:
@@ -34,7 +35,7 @@ class RunOutcome:
     seed: int
     folder: Path
     status: str  # "done" | "skipped" | "failed"
-    record: dict[str, Any] | None = None
+    record: records.RunRecord | None = None
     error: str | None = None
 
 
@@ -65,11 +66,10 @@ def model_config(name: str, dataset_name: str, budget: str = "full", config_file
                  set_items: list[str] | None = None) -> Config:
     from mmbench.models.base import get_model_class
 
-    if budget not in BUDGETS:
-        raise ConfigError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
+    check_budget(budget)
     cls = get_model_class(name)
     preset = dict(cls.presets.get(dataset_name, {}))
-    preset.update(HEAVY_BUDGETS.get(budget, BUDGETS[budget]) if cls.heavy else BUDGETS[budget])
+    preset.update(budget_caps(budget, cls.heavy))
     file_cfg = load_config_file(config_file)
     # a --config file may hold per-model sections: {model_name: {...}} or flat keys for every model
     per_model = file_cfg.pop(name, None) if isinstance(file_cfg.get(name), dict) else None
@@ -78,13 +78,37 @@ def model_config(name: str, dataset_name: str, budget: str = "full", config_file
     flat = {k: v for k, v in file_cfg.items() if not (k in registry() and isinstance(v, dict))}
     if per_model:
         flat.update(per_model)
-    return resolve(cls.defaults, preset, flat, parse_set_items(set_items or []), model_name=name)
+    return resolve(cls.defaults, preset, flat, parse_set_items(set_items or []), model_name=name,
+                   config_path=config_file)
 
 
-def run_id(name: str, cfg: Config, data: Dataset, seed: int) -> str:
-    fingerprint = json.dumps({"model": name, "config": cfg.hash(), "data": sorted(data.checksums.items())},
-                             sort_keys=True).encode()
-    return f"{hashlib.sha256(fingerprint).hexdigest()[:10]}-seed{seed}"
+def run_budget(name: str, dataset_name: str, budget: str, cfg: Config) -> str:
+    """The budget label of a run: `budget`, or `custom` when --config/--set changed its caps."""
+    return budget_label(budget, cfg, model_config(name, dataset_name, budget))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that identifies one run (and nothing that doesn't, such as code versions)."""
+
+    model: str
+    cfg: Config
+    seed: int
+    budget: str
+    threads: int
+    device: torch.device
+
+    def identity(self, data: Dataset) -> dict[str, Any]:
+        return {"model": self.model, "config_hash": self.cfg.hash(), "seed": int(self.seed),
+                "budget": self.budget, "threads": int(self.threads), "device": self.device.type,
+                "data": data.select_modalities(self.cfg.modalities).fingerprint}
+
+    def run_id(self, data: Dataset) -> str:
+        blob = json.dumps(self.identity(data), sort_keys=True).encode()
+        return f"{hashlib.sha256(blob).hexdigest()[:10]}-seed{self.seed}"
+
+    def folder(self, results: Path, data: Dataset) -> Path:
+        return records.run_dir(results, data.name, self.model, self.run_id(data), data.fingerprint)
 
 
 def check_model_fits_data(name: str, cfg: Config, data: Dataset) -> Dataset:
@@ -99,11 +123,17 @@ def check_model_fits_data(name: str, cfg: Config, data: Dataset) -> Dataset:
 
 
 def train_one(name: str, data: Dataset, cfg: Config, seed: int, device, folder: Path | None,
-              progress: bool = True) -> dict[str, Any]:
-    """Build, train and test one model; write its record into `folder` (if given)."""
+              progress: bool = True, budget: str = "full", threads: int = DEFAULT_THREADS
+              ) -> records.RunRecord:
+    """Build, train and test one model with `threads` intra-op torch threads; write its record
+    into `folder` (if given)."""
     from mmbench.models.base import get_model_class
-    from mmbench.train.trainer import Trainer, seed_everything
+    from mmbench.train.determinism import deterministic_device, seed_everything, set_threads
+    from mmbench.train.trainer import Trainer
 
+    set_threads(threads)
+    deterministic_device(device)
+    spec = RunSpec(name, cfg, seed, budget, int(threads), device)
     cls = get_model_class(name)
     view = check_model_fits_data(name, cfg, data)
     seed_everything(seed)
@@ -112,26 +142,20 @@ def train_one(name: str, data: Dataset, cfg: Config, seed: int, device, folder: 
                       desc=f"{name}/{data.name}/s{seed}")
     result = trainer.fit()
     test = result.test
-    record = {
-        "model": name,
-        "dataset": {"name": data.name, "checksums": data.checksums, "statistics": data.statistics(),
-                    "modalities": view.modalities},
-        "config": dict(cfg),
-        "config_hash": cfg.hash(),
-        "seed": seed,
-        "protocol": {"mask": cfg.mask, "ks": list(cfg.eval_ks), "ndcg_variants": ["ndcg", "ndcg_legacy"],
-                     "valid_metric": cfg.valid_metric, "valid_mask": "train",
-                     "tie_break": "lower item id", "evaluated_users": "non-empty split list"},
-        "env": dict(records.environment(), device=str(device)),
-        "history": result.history,
-        "best_epoch": result.best_epoch,
-        "valid": result.valid,
-        "test": test.mean,
-        "n_test_users": int(len(test.users)),
-        "timings": result.timings,
-        "peak_memory_mb": result.peak_memory_mb,
-        "created": records.now_iso(),
-    }
+    record = records.RunRecord(
+        model=name,
+        dataset=records.DatasetRef(name=data.name, fingerprint=view.fingerprint, checksums=dict(data.checksums),
+                                   statistics=data.statistics(), modalities=list(view.modalities)),
+        config=dict(cfg), config_hash=cfg.hash(), seed=int(seed), budget=budget, threads=int(threads),
+        device=device.type, run_id=folder.name if folder is not None else spec.run_id(data),
+        protocol={"mask": cfg.mask, "ks": list(cfg.eval_ks), "ndcg_variants": [NDCG, NDCG_LEGACY],
+                  "valid_metric": cfg.valid_metric, "valid_mask": "train",
+                  "tie_break": "lower item id", "evaluated_users": "non-empty split list"},
+        env=dict(records.environment(), device=str(device)),
+        history=result.history, best_epoch=int(result.best_epoch), valid=dict(result.valid),
+        test=dict(test.mean), n_test_users=int(len(test.users)), timings=result.timings,
+        peak_memory_mb=float(result.peak_memory_mb), created=records.now_iso(),
+    )
     arrays: dict[str, np.ndarray] = {"test_users": test.users.astype(np.int64),
                                      "test_item_counts": test.item_test_counts,
                                      "valid_item_hits": result.valid_item_hits,
@@ -153,23 +177,49 @@ def train_one(name: str, data: Dataset, cfg: Config, seed: int, device, folder: 
     return record
 
 
+def checkpoint_epoch(folder: Path) -> int | None:
+    """The last completed epoch saved in a run folder's checkpoint, or None (no usable one)."""
+    from mmbench.train.trainer import CHECKPOINT
+
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return int(state["epoch"])
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint: the trainer decides what to do
+        return None
+
+
 def run_all(models: list[str], data: Dataset, seeds: list[int], device, results: Path,
             budget: str = "full", config_file: str | None = None, set_items: list[str] | None = None,
-            progress: bool = True, fail_fast: bool = False) -> list[RunOutcome]:
+            progress: bool = True, fail_fast: bool = False, threads: int = DEFAULT_THREADS
+            ) -> list[RunOutcome]:
+    """Train every model × seed (one after another, each with `threads` torch threads); say per
+    run whether it was trained, resumed (from which epoch) or skipped as complete."""
     # Resolve every config first: a bad --set fails before any training or writing.
     cfgs = {m: model_config(m, data.name, budget, config_file, set_items) for m in models}
+    labels = {m: run_budget(m, data.name, budget, cfgs[m]) for m in models}
     outcomes: list[RunOutcome] = []
     for name in models:
         for seed in seeds:
-            cfg = cfgs[name]
-            folder = records.run_dir(results, data.name, name, run_id(name, cfg, data, seed))
+            spec = RunSpec(name, cfgs[name], seed, labels[name], int(threads), device)
+            folder = spec.folder(results, data)
+            what = f"{name} seed {seed} ({labels[name]} budget, {threads} thread{'s' if threads != 1 else ''})"
             if (folder / records.RECORD).exists():
-                outcomes.append(RunOutcome(name, seed, folder, "skipped", records.read_record(folder)))
-                print(f"[skip] {name} seed {seed}: completed run in {folder}", file=sys.stderr)
+                rec = records.read_record(folder)
+                outcomes.append(RunOutcome(name, seed, folder, "skipped", rec))
+                print(f"[skip] {what}: complete in {folder}", file=sys.stderr)
                 continue
+            resumed_at = checkpoint_epoch(folder)
+            if resumed_at is None:
+                print(f"[train] {what} -> {folder}", file=sys.stderr)
+            else:
+                print(f"[resume] {what}: from the checkpoint after epoch {resumed_at} in {folder}",
+                      file=sys.stderr)
             t0 = time.perf_counter()
             try:
-                rec = train_one(name, data, cfg, seed, device, folder, progress)
+                rec = train_one(name, data, cfgs[name], seed, device, folder, progress, labels[name], threads)
             except MMBenchError:
                 raise
             except Exception as exc:  # a crashing model must not lose the other runs
@@ -179,24 +229,24 @@ def run_all(models: list[str], data: Dataset, seeds: list[int], device, results:
                 print(f"[fail] {name} seed {seed}: {msg}", file=sys.stderr)
                 outcomes.append(RunOutcome(name, seed, folder, "failed", None, msg))
                 continue
-            print(f"[done] {name} seed {seed}: best epoch {rec['best_epoch']}, "
-                  f"{time.perf_counter() - t0:.1f}s -> {folder}", file=sys.stderr)
+            print(f"[done] {name} seed {seed}: best epoch {rec.best_epoch}, "
+                  f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
             outcomes.append(RunOutcome(name, seed, folder, "done", rec))
     return outcomes
 
 
 def summary_table(outcomes: list[RunOutcome], k: int = 20) -> str:
-    cols = [f"recall@{k}", f"precision@{k}", f"ndcg@{k}", f"ndcg_legacy@{k}"]
-    short = {f"recall@{k}": f"R@{k}", f"precision@{k}": f"P@{k}", f"ndcg@{k}": f"N@{k}",
-             f"ndcg_legacy@{k}": f"Nleg@{k}"}
+    names = {RECALL: "R", PRECISION: "P", NDCG: "N", NDCG_LEGACY: "Nleg"}
+    cols = [metric_key(m, k) for m in names]
+    short = {metric_key(m, k): f"{s}@{k}" for m, s in names.items()}
     header = ["model", "seed", "best ep"] + [f"valid {short[c]}" for c in cols[:3]] + [f"test {short[c]}" for c in cols]
     rows = []
     for o in outcomes:
         if o.record is None:
             rows.append([o.model, str(o.seed), "FAILED"] + ["–"] * (len(header) - 3))
             continue
-        v, t = o.record["valid"], o.record["test"]
-        rows.append([o.model, str(o.seed), str(o.record["best_epoch"])]
+        v, t = o.record.valid, o.record.test or {}
+        rows.append([o.model, str(o.seed), str(o.record.best_epoch)]
                     + [f"{v.get(c, float('nan')):.4f}" for c in cols[:3]]
                     + [f"{t.get(c, float('nan')):.4f}" for c in cols])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]

@@ -28,8 +28,6 @@ class Recommender(nn.Module):
     uses_features: ClassVar[bool] = False
     # Seconds-per-epoch class on a laptop CPU; `heavy` models get a smaller cap under `--budget quick`.
     heavy: ClassVar[bool] = False
-    # Models that bring their own training loop (RecBole adapters) set this and implement `fit`.
-    brings_own_loop: ClassVar[bool] = False
 
     def __init__(self, data, cfg):
         super().__init__()
@@ -83,11 +81,6 @@ class Recommender(nn.Module):
 
     def end_scoring(self) -> None:
         """Called after a round of `score` calls: drop caches."""
-
-    # ---- own training loop (RecBole adapters only) ----------------------------------------
-    def fit(self, valid_metric_fn: Callable[[Callable], dict[str, float]], progress=None) -> dict:
-        """Train with an own loop; `valid_metric_fn(scorer)` returns OUR valid metrics. Never test."""
-        raise NotImplementedError
 
     @property
     def device(self) -> torch.device:

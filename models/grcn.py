@@ -50,7 +50,7 @@ class GRCN(EmbeddingRecommender):
         self.content = nn.ModuleList()
         self.preference = nn.ParameterList()
         for i, m in enumerate(self.modalities):
-            feat = torch.as_tensor(data.features[m], dtype=torch.float32)
+            feat = torch.tensor(data.features[m], dtype=torch.float32)
             self.register_buffer(f"feat_{i}", feat.clone(), persistent=False)
             self.content.append(nn.Linear(feat.shape[1], d))
             self.preference.append(nn.Parameter(nn.init.xavier_normal_(torch.empty(data.n_users, d))))

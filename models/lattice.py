@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.config import Param
 from mmbench.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_per_batch, register
 from mmbench.models.graph import normalized_bipartite_adjacency
 from mmbench.models.knn import EdgePattern, cosine_topk, sym_normalize_knn
@@ -44,14 +45,15 @@ class LATTICE(EmbeddingRecommender):
     defaults = {
         "n_layers": 2,  # LightGCN layers on the user–item graph (weight_size [64, 64])
         "n_item_layers": 1,  # convolutions over the item–item graph
-        "knn_k": 10,
-        "lambda_coeff": 0.9,  # weight of the frozen raw-feature graph (skip connection)
-        "feat_embed_dim": 64,
+        "knn_k": Param(10, int, min=1, doc="neighbours per item in the item-item graphs"),
+        # weight of the frozen raw-feature graph (skip connection)
+        "lambda_coeff": Param(0.9, float, min=0, max=1),
+        "feat_embed_dim": Param(64, int, min=1),
         "train_features": True,  # raw feature tables are trainable, initialised from the files
         "reg_weight": 1e-5,
         "lr": 5e-4,
-        "lr_decay": 0.96,
-        "lr_decay_epochs": 50,
+        "lr_decay": Param(0.96, float, min=0, max=1, min_exclusive=True, doc="lr factor per lr_decay_epochs"),
+        "lr_decay_epochs": Param(50, int, min=1),
         "batch_size": 1024,
     }
 
@@ -69,7 +71,7 @@ class LATTICE(EmbeddingRecommender):
         self.proj = nn.ModuleList()
         self.fixed = nn.ModuleList()  # EdgePattern per modality, values in buffers fixed_vals_<i>
         for m in self.modalities:
-            raw = torch.as_tensor(data.features[m], dtype=torch.float32).clone()
+            raw = torch.tensor(data.features[m], dtype=torch.float32)
             self.feats.append(nn.Parameter(raw, requires_grad=bool(cfg.train_features)))
             self.proj.append(nn.Linear(raw.shape[1], cfg.feat_embed_dim))
             # The frozen graph: top-k cosine of the raw features, normalised once.

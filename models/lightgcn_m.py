@@ -16,14 +16,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmbench.config import Param
 from mmbench.models.base import register
 from mmbench.models.lightgcn import LightGCN, propagate
-from mmbench.models.multimodal import ItemFeatures
+from mmbench.models.multimodal import FEATURE_NORMS, ItemFeatures
 
 
 @register("lightgcn-m")
 class LightGCNM(LightGCN):
-    defaults = {**LightGCN.defaults, "feature_norm": "zscore"}
+    defaults = {**LightGCN.defaults, "feature_norm": Param("zscore", str, choices=FEATURE_NORMS)}
     uses_features = True
 
     def __init__(self, data, cfg):

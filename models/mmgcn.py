@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.config import Param
 from mmbench.errors import ConfigError
 from mmbench.models.base import Batch, EmbeddingRecommender, bpr_loss, register
-from mmbench.models.multimodal import ItemFeatures, mean_bipartite_adjacency
+from mmbench.models.multimodal import FEATURE_NORMS, ItemFeatures, mean_bipartite_adjacency
 
 
 class ModalityGCN(nn.Module):
@@ -58,8 +59,9 @@ class ModalityGCN(nn.Module):
 
 @register("mmgcn")
 class MMGCN(EmbeddingRecommender):
-    defaults = {"lr": 5e-4, "reg_weight": 0.1, "n_layers": 2, "latent_size": 64, "combine": "concat",
-                "feature_norm": "l2"}
+    defaults = {"lr": 5e-4, "reg_weight": 0.1, "n_layers": Param(2, int, min=1),
+                "latent_size": Param(64, int, min=1), "combine": Param("concat", str, choices=("concat", "add")),
+                "feature_norm": Param("l2", str, choices=FEATURE_NORMS)}
     uses_features = True
 
     def __init__(self, data, cfg):

@@ -98,6 +98,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from mmbench.config import Param
 from mmbench.errors import ConfigError
 from mmbench.models.base import Batch, Recommender, bpr_loss, l2_per_batch, register
 from mmbench.models.graph import Graph
@@ -148,12 +149,19 @@ class Encoded:
 _COMMON: dict[str, Any] = {
     "epochs": 1000, "patience": 8,  # the code stops after 8 epochs without a better valid Recall@20
     "batch_size": 1024, "embedding_size": 64, "optimizer": "adamw", "weight_decay": 0.01,
-    "lr": 5.5e-4, "d_lr": 3e-4,
-    "n_layers": 2, "drop_rate": 0.2, "omega": 0.55, "eta": 0.36, "n_heads": 4,
-    "d_drop1": 0.31, "d_drop2": 0.5, "gp_rate": 1.0, "zeta": 100.0, "gumbel_tau": 0.005,
-    "cl_tau": 0.5, "cl_rate": 0.03,
+    "lr": 5.5e-4, "d_lr": Param(3e-4, float, min=0, min_exclusive=True, doc="the discriminator's lr"),
+    "n_layers": 2, "drop_rate": Param(0.2, float, min=0, max=1, max_exclusive=True, doc="feature dropout"),
+    "omega": 0.55, "eta": 0.36, "n_heads": Param(4, int, min=1, doc="attention heads"),
+    "d_drop1": Param(0.31, float, min=0, max=1, max_exclusive=True, doc="dropout after D's first layer"),
+    "d_drop2": Param(0.5, float, min=0, max=1, max_exclusive=True, doc="dropout after D's second layer"),
+    "gp_rate": 1.0, "zeta": 100.0,
+    "gumbel_tau": Param(0.005, float, min=0, min_exclusive=True, doc="Gumbel-softmax temperature"),
+    "cl_tau": Param(0.5, float, min=0, min_exclusive=True, doc="contrastive temperature"),
+    "cl_rate": 0.03,
     # switches (Table 3 ablations) and the speed flag
-    "adversarial": True, "contrastive": True, "gumbel": True, "generator": "gan", "gae_tau": 0.1,
+    "adversarial": True, "contrastive": True, "gumbel": True,
+    "generator": Param("gan", str, choices=("gan", "gae"), doc="L_G: adversarial or graph autoencoder"),
+    "gae_tau": Param(0.1, float, min=0, min_exclusive=True, doc="temperature of the GAE reconstruction"),
     "fast": True,
 }
 
@@ -167,7 +175,9 @@ class MMSSL(Recommender):
     official: ClassVar[bool] = False
     gp_constant: ClassVar[float] = 1.0  # the paper's λ1 multiplies the GP directly
     defaults = dict(_COMMON, **{
-        "g_rate": 1e-2, "gumbel_scale": 1.0, "topk_rate": 0.01, "d_slope": 0.2, "d_out_scale": 1.0,
+        "g_rate": 1e-2, "gumbel_scale": 1.0,
+        "topk_rate": Param(0.01, float, min=0, max=1, doc="fraction of items kept per relation row"),
+        "d_slope": 0.2, "d_out_scale": 1.0,
         "reg_weight": 0.0, "feat_reg": 0.0,
     })
     presets = {
@@ -187,7 +197,7 @@ class MMSSL(Recommender):
         d = cfg.embedding_size
         self.modalities = list(data.features)
         for m, name in enumerate(self.modalities):
-            feat = torch.as_tensor(np.asarray(data.features[name], dtype=np.float32))
+            feat = torch.tensor(np.asarray(data.features[name], dtype=np.float32))
             self.register_buffer(f"feat_{m}", feat, persistent=False)
         self.transforms = nn.ModuleList(nn.Linear(self.feat(m).shape[1], d) for m in range(self.n_modal))
         for lin in self.transforms:
@@ -526,7 +536,9 @@ class MMSSLOfficial(MMSSL):
     official = True
     gp_constant = 0.3  # hard-coded in the code, multiplied by gp_rate
     defaults = dict(_COMMON, **{
-        "g_rate": 1e-4, "gumbel_scale": 1e-5, "topk_rate": 1e-4, "rebuild_every": 1,
+        "g_rate": 1e-4, "gumbel_scale": 1e-5,
+        "topk_rate": Param(1e-4, float, min=0, max=1, doc="fraction of items kept per relation row"),
+        "rebuild_every": Param(1, int, min=1, doc="batches per graph rebuild"),
         "d_slope": 1.0, "d_out_scale": 100.0, "reg_weight": 1e-5, "feat_reg": 1e-5,
     })
     # spec §6.2: the original per-dataset blocks of the first commit (Sports' older code had no ζ or

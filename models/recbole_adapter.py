@@ -1,11 +1,21 @@
 """RecBole 1.2.1 adapters: `recbole-bpr`, `recbole-ngcf`, `recbole-lightgcn`, `recbole-sgl`, `recbole-ncl`.
 
-RecBole's own model classes, trained by RecBole's own epoch routine (`Trainer._train_epoch`, its
-negative sampler and data loader) on OUR train split only; validated by OUR evaluator (train-only
-mask) every `eval_every` epochs with early stopping on `valid_metric`; scored through
-`full_sort_predict` with ids mapped back to ours. RecBole never sees valid or test: it gets one
-atomic file with the train pairs (`benchmark_filename: [train]`), so `data_preparation` (which
-insists on three splits) is not used; the train sampler and loader are built the way it builds them.
+RecBole's own model classes, trained by OUR trainer (the one loop every model runs: epochs,
+validation every `eval_every` epochs, early stopping on `valid_metric`, checkpoints, resumption) on
+OUR train split only. Each hook does what RecBole's `Trainer._train_epoch` does: `make_sampler` is
+RecBole's train loader (its shuffling, its negative sampler), `configure_optimizers` is RecBole's
+optimiser rule, `train_step` is one of its batches (tuple losses summed, gradient clipping when
+configured), `on_epoch_start` is what its trainer does before a batch loop (`model.train()`, where
+SGL re-augments its graph; NCL's E-step). Scored through `full_sort_predict` with ids mapped back
+to ours. RecBole never sees valid or test: it gets one atomic file with the train pairs
+(`benchmark_filename: [train]`), so `data_preparation` (which insists on three splits) is not used;
+the train sampler and loader are built the way it builds them.
+
+Exact resumption: the trainer checkpoints the parameters, the optimiser, torch's and numpy's global
+RNGs (RecBole's negative sampler and SGL's augmentation draw from numpy's; NCL's k-means seed and
+NGCF's dropout from torch's), the loader's own `torch.Generator` (its shuffling; `sampler.state_dict`)
+and the tensors RecBole keeps outside its parameters that change while training (SGL's augmented
+graphs, NCL's centroids; `extra_state`).
 
 Why the id mapping matters: RecBole remaps tokens to 1.. by first appearance (0 = [PAD]); users and
 items without a train interaction never enter its id space. Such items get the constant score
@@ -13,29 +23,30 @@ items without a train interaction never enter its id space. Such items get the c
 
 Compatibility (reference/baselines.md §3.3–3.4), all kept inside this module: a numpy-2 / scipy>=1.13
 shim; `sys.argv` trimmed while RecBole builds its Config (it parses `--key=value`); its Config's
-CUDA_VISIBLE_DEVICES side effect undone; everything that writes files (atomic file, tensorboard
-writer, checkpoint dir) happens inside a temporary directory that is the cwd only for that moment and
-is deleted afterwards; RecBole's logging and warnings silenced; the best state kept as an in-memory
-snapshot (RecBole's checkpoint reload is broken on torch >= 2.6). NCL clusters with scikit-learn's
-k-means on CPU instead of faiss on GPU. recbole is imported lazily: it costs seconds.
+CUDA_VISIBLE_DEVICES side effect undone; everything that writes files (the atomic file) happens
+inside a temporary directory that is the cwd only for that moment and is deleted afterwards; no
+RecBole Trainer is built (it would open a tensorboard writer and a checkpoint dir; its checkpoint
+reload is broken on torch >= 2.6 and never used); RecBole's logging and warnings silenced. The model
+is built on CPU in `__init__`; `.to(device)` moves the tensors RecBole caches outside its parameters
+(`graph_attrs`, `state_attrs`) and its `device` with it. NCL clusters with scikit-learn's k-means on
+CPU instead of faiss on GPU. recbole is imported lazily: it costs seconds.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
-import math
 import os
 import sys
 import tempfile
-import time
 import warnings
-from typing import Any, Callable
+from types import SimpleNamespace
+from typing import Any, Iterator
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mmbench.config import Param
 from mmbench.models.base import Recommender, register
 
 # Score of items (columns) and users (rows) absent from RecBole's id space: no train interaction.
@@ -151,27 +162,69 @@ def _reset_cache(rb) -> None:
         rb.restore_item_e = None
 
 
+def _move(value, fn):
+    """`fn` applied to a tensor or to each tensor of a list (SGL's random-walk views are lists)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, list):
+        return [_move(v, fn) for v in value]
+    return value
+
+
+class RecBoleSampler:
+    """RecBole's train loader behind the trainer's sampler interface. It yields RecBole
+    `Interaction`s (the trainer moves them with `.to(device)`). Its shuffling draws from the loader's
+    own `torch.Generator`, checkpointed here; its negatives from numpy's global RNG, checkpointed by
+    the trainer."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self) -> Iterator[Any]:
+        batches = iter(self.loader)
+        while True:
+            with quiet():
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"generator": self.loader.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.generator.set_state(state["generator"].cpu())  # the trainer maps to its device
+
+
 # --------------------------------------------------------------------------- the adapter
 class RecBoleAdapter(Recommender):
-    """A RecBole general recommender behind our interface; `fit` owns epochs and early stopping."""
+    """A RecBole general recommender behind our interface, trained by the shared trainer's hooks."""
 
-    brings_own_loop = True
     recbole_model: str = ""
     # our config key -> RecBole config key (model hyper-parameters only)
     key_map: dict[str, str] = {}
     # names of the parts when calculate_loss returns a tuple (logged beside their sum, `loss`)
     loss_parts: tuple[str, ...] = ()
+    # tensors the RecBole model keeps outside its parameters: fixed after construction ...
+    graph_attrs: tuple[str, ...] = ()
+    # ... or changed while training (checkpointed through `extra_state`)
+    state_attrs: tuple[str, ...] = ()
 
     def __init__(self, data, cfg):
         super().__init__(data, cfg)
         self.train_pairs = data.train
-        # Tracks the device our trainer moves us to; the RecBole model is built there in `fit`.
+        # Tracks the device our trainer moves us to (`_apply` points RecBole's model there too).
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
         self.register_buffer("_user_index", torch.zeros(data.n_users, dtype=torch.long), persistent=False)
         self.register_buffer("_item_index", torch.zeros(data.n_items, dtype=torch.long), persistent=False)
         self.rb = None  # the RecBole model (a submodule once built)
-        self.recbole_trainer = None
-        self.train_data = None
+        self.loader = None
+        self._epoch_idx = 0  # RecBole's 0-based epoch, set by on_epoch_start
+        self._epoch_runner = None  # (sampler, optimisers) of `train_epoch` only
+        self.build()
 
     # ---- construction -------------------------------------------------------------------------
     def recbole_params(self) -> dict[str, Any]:
@@ -193,24 +246,23 @@ class RecBoleAdapter(Recommender):
         return get_model(self.recbole_model)(config, dataset)
 
     def build(self) -> None:
-        """Config, train-only dataset, model, trainer and loader, in a throwaway directory."""
+        """Config, train-only dataset, loader and model, in a throwaway directory (once: the model
+        is built by `__init__`; later calls do nothing)."""
+        if self.rb is not None:
+            return
         from recbole.data import create_dataset
-        from recbole.utils import get_trainer
 
         device = self._anchor.device
-        seed = int(torch.randint(0, 2**31 - 1, (1,)))  # from the trainer-seeded global RNG
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))  # from the seeded global RNG: seeds the loader
         with tempfile.TemporaryDirectory(prefix="mmbench-recbole-") as tmp:
             os.makedirs(os.path.join(tmp, _DATASET))
             write_inter(os.path.join(tmp, _DATASET, f"{_DATASET}.train.inter"), self.train_pairs)
             with sandbox(tmp):
                 config = recbole_config(self.recbole_model, tmp, self.recbole_params(), device, seed)
                 (dataset,) = create_dataset(config).build()
-                self.train_data = train_loader(config, dataset)
+                self.loader = train_loader(config, dataset)
                 rb = self.make_recbole_model(config, dataset).to(device)
-                trainer = get_trainer(config["MODEL_TYPE"], self.recbole_model)(config, rb)
-                trainer.tensorboard.close()  # created in tmp; we never log to it
         self.rb = rb
-        self.recbole_trainer = trainer
         self.recbole_config = config
         self.uid_field = dataset.uid_field
         self.rb_user_tokens = [str(t) for t in dataset.field2id_token[dataset.uid_field]]
@@ -218,72 +270,100 @@ class RecBoleAdapter(Recommender):
         self._user_index.copy_(index_map(self.rb_user_tokens, self.n_users))
         self._item_index.copy_(index_map(self.rb_item_tokens, self.n_items))
 
-    # ---- training -----------------------------------------------------------------------------
-    def before_epoch(self, epoch_idx: int) -> None:
-        """Hook run before RecBole's `_train_epoch` (0-based epoch, as RecBole counts)."""
+    def _apply(self, fn, recurse=True):
+        """`.to(device)` moves RecBole's parameters (a submodule) and, here, the tensors it caches
+        as plain attributes, and points its `device` (used when it builds tensors) there."""
+        super()._apply(fn, recurse)
+        if getattr(self, "rb", None) is not None:
+            _reset_cache(self.rb)
+            for name in self.graph_attrs + self.state_attrs:
+                if getattr(self.rb, name, None) is not None:
+                    setattr(self.rb, name, _move(getattr(self.rb, name), fn))
+            self.rb.device = self._anchor.device
+            self.recbole_config["device"] = self._anchor.device
+            self.recbole_config["use_gpu"] = self._anchor.device.type == "cuda"
+        return self
 
-    def train_epoch(self, epoch_idx: int) -> dict[str, float]:
+    # ---- training: the shared trainer's hooks -------------------------------------------------
+    def make_sampler(self, train, batch_size: int, seed: int) -> RecBoleSampler:
+        """RecBole's train loader over the train pairs it was built with (`train`, `batch_size` are
+        the same ones); its generator restarts from RecBole's seed, so every call replays the run."""
+        self.loader.generator.manual_seed(int(self.recbole_config["seed"]))
+        return RecBoleSampler(self.loader)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """RecBole's optimiser (`learner`, `learning_rate`, `weight_decay`) by its own
+        `Trainer._build_optimizer`, without building a Trainer (that writes files)."""
+        from recbole.trainer import Trainer as RecBoleTrainer
+
+        c = self.recbole_config
+        owner = SimpleNamespace(model=self.rb, learner=c["learner"], learning_rate=c["learning_rate"],
+                                weight_decay=c["weight_decay"], config=c, logger=logging.getLogger())
         with quiet():
-            self.before_epoch(epoch_idx)
-            total = self.recbole_trainer._train_epoch(self.train_data, epoch_idx)
-        n = max(len(self.train_data), 1)
-        parts = total if isinstance(total, tuple) else (total,)
-        losses = {"loss": float(sum(parts)) / n}
+            return [RecBoleTrainer._build_optimizer(owner)]
+
+    def before_epoch(self, epoch_idx: int) -> None:
+        """Hook run before RecBole's model enters train mode (0-based epoch, as RecBole counts)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """What RecBole's trainer does before an epoch's batches: its model's `train()` (SGL draws
+        new augmented graphs there), after model-specific steps (NCL's E-step)."""
+        self._epoch_idx = epoch - 1
+        with quiet():
+            self.before_epoch(self._epoch_idx)
+            self.rb.train()
+
+    def trained_parts(self, parts: tuple) -> tuple:
+        """The loss parts optimised this epoch (all of them; NCL drops one during warm-up)."""
+        return parts
+
+    def train_step(self, batch, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+        """One batch of RecBole's `Trainer._train_epoch`: zero_grad, calculate_loss (a tuple's
+        parts summed), backward, `clip_grad_norm_` when RecBole's config sets it, step."""
+        (opt,) = optimizers
+        opt.zero_grad()
+        with quiet():
+            out = self.rb.calculate_loss(batch)
+            parts = self.trained_parts(out) if isinstance(out, tuple) else (out,)
+            loss = sum(parts)
+            loss.backward()
+        clip = self.recbole_config["clip_grad_norm"]
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.rb.parameters(), **clip)
+        opt.step()
+        losses = {"loss": float(loss.detach())}
         if len(parts) > 1:
             names = self.loss_parts or tuple(f"loss_{k}" for k in range(len(parts)))
-            losses.update({name: float(p) / n for name, p in zip(names, parts)})
+            losses.update({name: float(p.detach()) for name, p in zip(names, parts)})
         return losses
 
-    def fit(self, valid_metric_fn: Callable[[Callable], dict[str, float]], progress=None) -> dict:
-        from tqdm.auto import tqdm
+    def extra_state(self) -> dict[str, Any]:
+        """RecBole's tensors that change while training (`state_attrs`): a resumed run uses the
+        same augmented graphs / centroids as the uninterrupted one."""
+        return {name: getattr(self.rb, name) for name in self.state_attrs
+                if getattr(self.rb, name, None) is not None}
 
-        cfg = self.cfg
-        self.build()
-        history: list[dict[str, Any]] = []
-        best = {"score": -math.inf, "epoch": 0, "valid": {}, "state": None}
-        bad_evals = 0
-        bar = tqdm(total=cfg.epochs, desc=self.name, unit="ep", disable=not progress, leave=False)
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            losses = self.train_epoch(epoch - 1)
-            if not math.isfinite(losses["loss"]):
-                raise FloatingPointError(f"{self.name}: training loss is {losses['loss']} at epoch {epoch}")
-            entry: dict[str, Any] = {"epoch": epoch, "losses": losses, "train_seconds": time.perf_counter() - t0}
-            stop = False
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                t1 = time.perf_counter()
-                valid = self.validate(valid_metric_fn)
-                entry["valid"] = valid
-                entry["eval_seconds"] = time.perf_counter() - t1
-                score = valid[cfg.valid_metric]
-                if score > best["score"]:
-                    best = {"score": score, "epoch": epoch, "valid": valid,
-                            "state": copy.deepcopy(self.rb.state_dict())}
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
-                    stop = cfg.patience > 0 and bad_evals * cfg.eval_every >= cfg.patience
-                bar.set_postfix(loss=f"{losses['loss']:.4f}", **{cfg.valid_metric: f"{score:.4f}"},
-                                best=best["epoch"])
-            history.append(entry)
-            bar.update(1)
-            if stop:
-                break
-        bar.close()
-        self.rb.load_state_dict(best["state"])
-        _reset_cache(self.rb)
-        self.recbole_trainer = self.train_data = None  # free the loader and optimiser
-        return {"history": history, "best_epoch": best["epoch"], "best_valid": best["valid"]}
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        device = self._anchor.device
+        for name, value in state.items():
+            setattr(self.rb, name, _move(value, lambda t: t.to(device)))
 
-    def validate(self, valid_metric_fn) -> dict[str, float]:
-        """OUR valid metrics of the current state (RecBole's `_train_epoch` re-enters train mode)."""
-        self.eval()
-        with torch.no_grad():
-            self.begin_scoring()
-            try:
-                return valid_metric_fn(self.score)
-            finally:
-                self.end_scoring()
+    def train_epoch(self, epoch_idx: int) -> dict[str, float]:
+        """One epoch exactly as the shared trainer runs it (0-based `epoch_idx`), without
+        validation; for benchmarks/lightgcn_vs_recbole.py, which times it against a native epoch."""
+        if self._epoch_runner is None:
+            sampler = self.make_sampler(self.train_pairs, self.cfg.batch_size, 0)
+            self._epoch_runner = (sampler, self.configure_optimizers())
+        sampler, optimizers = self._epoch_runner
+        self.train()
+        self.on_epoch_start(epoch_idx + 1)
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in sampler.epoch():
+            for k, v in self.train_step(batch.to(self._anchor.device), optimizers).items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+        return {k: v / max(n, 1) for k, v in sums.items()}
 
     # ---- scoring ------------------------------------------------------------------------------
     def begin_scoring(self) -> None:
@@ -296,8 +376,6 @@ class RecBoleAdapter(Recommender):
         """[len(users), n_items] in OUR ids; absent items/users score UNSEEN_SCORE."""
         from recbole.data.interaction import Interaction
 
-        if self.rb is None:
-            raise RuntimeError(f"{self.name}: score() before fit()")
         users = users.to(self._user_index.device)
         internal = self._user_index[users]
         with quiet():
@@ -308,7 +386,8 @@ class RecBoleAdapter(Recommender):
         return s
 
     def train(self, mode: bool = True):
-        """Leave RecBole's model alone unless it trains: SGL rebuilds its views on every train()."""
+        """Leave RecBole's model alone unless it trains: SGL rebuilds its views on every train(),
+        so it enters train mode once per epoch, in `on_epoch_start`, as under RecBole's trainer."""
         self.training = mode
         if self.rb is not None and not mode:
             self.rb.train(False)
@@ -327,7 +406,10 @@ class RecBoleNGCF(RecBoleAdapter):
     """RecBole's NGCF (Wang et al., SIGIR 2019); RecBole's defaults."""
 
     recbole_model = "NGCF"
-    defaults = {"hidden_size_list": [64, 64, 64], "node_dropout": 0.0, "message_dropout": 0.1,
+    graph_attrs = ("norm_adj_matrix", "eye_matrix")
+    defaults = {"hidden_size_list": Param([64, 64, 64], list[int], min=1, min_len=1),
+                "node_dropout": Param(0.0, float, min=0, max=1, max_exclusive=True),
+                "message_dropout": Param(0.1, float, min=0, max=1, max_exclusive=True),
                 "reg_weight": 1e-5}
     key_map = {k: k for k in defaults}
 
@@ -338,32 +420,41 @@ class RecBoleLightGCN(RecBoleAdapter):
     RecBole's default (false) uses the unsquared norms."""
 
     recbole_model = "LightGCN"
-    defaults = {"n_layers": 2, "reg_weight": 1e-5, "require_pow": False}
+    graph_attrs = ("norm_adj_matrix",)
+    defaults = {"n_layers": Param(2, int, min=1), "reg_weight": 1e-5, "require_pow": False}
     key_map = {k: k for k in defaults}
 
 
 @register("recbole-sgl")
 class RecBoleSGL(RecBoleAdapter):
-    heavy = True  # two extra augmented-graph propagations per batch
     """RecBole's SGL (Wu et al., SIGIR 2021). `aug_type` is RecBole's `type`: ED, ND or RW."""
 
+    heavy = True  # two extra augmented-graph propagations per batch
     recbole_model = "SGL"
-    defaults = {"aug_type": "ED", "n_layers": 3, "ssl_tau": 0.5, "reg_weight": 1e-5, "ssl_weight": 0.05,
-                "drop_ratio": 0.1}
+    graph_attrs = ("train_graph",)
+    state_attrs = ("sub_graph1", "sub_graph2")  # the two augmented views, redrawn every epoch
+    defaults = {"aug_type": Param("ED", str, choices=("ED", "ND", "RW")), "n_layers": Param(3, int, min=1),
+                "ssl_tau": Param(0.5, float, min=0, min_exclusive=True), "reg_weight": 1e-5, "ssl_weight": 0.05,
+                "drop_ratio": Param(0.1, float, min=0, max=1, max_exclusive=True)}
     key_map = {"aug_type": "type", "n_layers": "n_layers", "ssl_tau": "ssl_tau", "reg_weight": "reg_weight",
                "ssl_weight": "ssl_weight", "drop_ratio": "drop_ratio"}
 
 
 @register("recbole-ncl")
 class RecBoleNCL(RecBoleAdapter):
-    heavy = True  # k-means E-step every epoch + prototype losses
     """RecBole's NCL (Lin et al., WWW 2022) with a CPU k-means (scikit-learn, n_init=1, 25 Lloyd
     iterations with random init like faiss's default) instead of faiss on GPU; `num_clusters` is
     capped at the number of users and of items."""
 
+    heavy = True  # k-means E-step every epoch + prototype losses
     recbole_model = "NCL"
-    defaults = {"n_layers": 3, "reg_weight": 1e-4, "ssl_temp": 0.1, "ssl_reg": 1e-7, "hyper_layers": 1,
-                "alpha": 1.0, "proto_reg": 8e-8, "num_clusters": 1000, "m_step": 1, "warm_up_step": 20}
+    graph_attrs = ("norm_adj_mat", "diag")
+    # the E-step's clusters, kept for `m_step` epochs
+    state_attrs = ("user_centroids", "user_2cluster", "item_centroids", "item_2cluster")
+    defaults = {"n_layers": Param(3, int, min=1), "reg_weight": 1e-4,
+                "ssl_temp": Param(0.1, float, min=0, min_exclusive=True), "ssl_reg": 1e-7,
+                "hyper_layers": Param(1, int, min=1), "alpha": 1.0, "proto_reg": 8e-8,
+                "num_clusters": Param(1000, int, min=1), "m_step": Param(1, int, min=1), "warm_up_step": 20}
     key_map = {k: k for k in defaults}
     loss_parts = ("bpr_reg", "ssl", "proto")  # proto joins after `warm_up_step` epochs
 
@@ -373,8 +464,12 @@ class RecBoleNCL(RecBoleAdapter):
         return cpu_kmeans_ncl()(config, dataset)
 
     def before_epoch(self, epoch_idx: int) -> None:
-        if epoch_idx % int(self.cfg.m_step) == 0:  # NCLTrainer.fit's E-step schedule
+        if epoch_idx % int(self.recbole_config["m_step"]) == 0:  # NCLTrainer.fit's E-step schedule
             self.rb.e_step()
+
+    def trained_parts(self, parts: tuple) -> tuple:
+        """NCLTrainer._train_epoch leaves out the prototype loss for the first `warm_up_step` epochs."""
+        return parts[:-1] if self._epoch_idx < int(self.recbole_config["warm_up_step"]) else parts
 
 
 def cpu_kmeans_ncl():

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.config import Param
 from mmbench.errors import ConfigError
 from mmbench.models.base import Batch, EmbeddingRecommender, register
 from mmbench.models.graph import normalized_bipartite_adjacency
@@ -50,11 +51,11 @@ class SLMRec(EmbeddingRecommender):
     uses_features = True
     defaults = {
         "n_layers": 3,
-        "temp": 0.2,
-        "ssl_task": "FAC",
-        "ssl_temp": 0.2,
+        "temp": Param(0.2, float, min=0, min_exclusive=True, doc="temperature of the main InfoNCE"),
+        "ssl_task": Param("FAC", str, choices=SSL_TASKS),
+        "ssl_temp": Param(0.2, float, min=0, min_exclusive=True, doc="temperature of the SSL InfoNCE"),
         "ssl_alpha": 0.1,
-        "ssl_dropout": 0.1,  # FD only
+        "ssl_dropout": Param(0.1, float, min=0, max=1, max_exclusive=True, doc="feature dropout (FD only)"),
         "lr": 1e-2,
         "weight_decay": 1e-4,
     }
@@ -72,7 +73,7 @@ class SLMRec(EmbeddingRecommender):
         nn.init.xavier_uniform_(self.item_emb.weight)
         self.item_input = nn.ModuleList()
         for i, m in enumerate(self.modalities):
-            feat = F.normalize(torch.as_tensor(data.features[m], dtype=torch.float32), dim=1)
+            feat = F.normalize(torch.tensor(data.features[m], dtype=torch.float32), dim=1)
             self.register_buffer(f"feat_{i}", feat, persistent=False)
             self.item_input.append(nn.Linear(feat.shape[1], d))
         self.register_buffer("adj", normalized_bipartite_adjacency(data.train), persistent=False)

@@ -21,14 +21,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmbench.config import Param
 from mmbench.models.base import Batch, Recommender, bpr_loss, l2_per_batch, register
-from mmbench.models.multimodal import ItemFeatures
+from mmbench.models.multimodal import FEATURE_NORMS, ItemFeatures
 
 
 @register("vbpr")
 class VBPR(Recommender):
     defaults = {"reg_weight": 1e-4, "reg_content": 0.1, "item_bias": True, "visual_bias": True,
-                "feature_norm": "l2"}
+                "feature_norm": Param("l2", str, choices=FEATURE_NORMS)}
     uses_features = True
 
     def __init__(self, data, cfg):

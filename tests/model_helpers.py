@@ -87,3 +87,27 @@ def interrupted_then_resumed(monkeypatch, run, between=None):
     if between is not None:
         between()
     return run()
+
+
+# Fields of record.json that may differ between identical runs (wall-clock and machine facts).
+VOLATILE_RECORD_KEYS = ("created", "timings", "peak_memory_mb", "env")
+
+
+def comparable_record(folder) -> dict:
+    """record.json without the volatile fields and per-epoch `*_seconds`."""
+    import json
+    from pathlib import Path
+
+    raw = json.loads((Path(folder) / "record.json").read_text())
+    for key in VOLATILE_RECORD_KEYS:
+        raw.pop(key, None)
+    raw["history"] = [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in raw["history"]]
+    return raw
+
+
+def assert_identical_records(a, b) -> None:
+    """"Identical records": arrays.npz byte-identical, record.json equal but for the volatile fields."""
+    from pathlib import Path
+
+    assert (Path(a) / "arrays.npz").read_bytes() == (Path(b) / "arrays.npz").read_bytes(), f"{a} vs {b}: arrays differ"
+    assert comparable_record(a) == comparable_record(b), f"{a} vs {b}: record.json differs"

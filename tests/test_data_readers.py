@@ -1,15 +1,21 @@
 """Readers: layouts on small fixtures, the per-user split rule, ML-100K, synthetic, and the real files."""
+import copy
+import dataclasses
 import json
 import os
+import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from mmbench.data.readers import (detect_layout, read_auto, read_ml100k, read_mmrec, read_mmssl,
-                                  split_per_user)
+from mmbench.data.dataset import Dataset, index_digest, to_csr
+from mmbench.data.readers import (dataset_name_for_directory, detect_layout, read_auto, read_ml100k,
+                                  read_mmrec, read_mmssl, split_per_user)
 from mmbench.data.synthetic import make_synthetic
-from mmbench.errors import DataError
+from mmbench.errors import ConfigError, DataError
 
 LFM_FEATURES = {"text": "all-MiniLM-L6-v2.npy", "audio": "vggish.npy", "audio_whisper": "whisper.npy"}
 
@@ -119,6 +125,166 @@ def test_read_auto_unrecognised(tmp_path):
         read_auto(tmp_path)
 
 
+# ---------------------------------------------------------------- directory names
+
+def test_dataset_name_for_directory(tmp_path, monkeypatch):
+    d = tmp_path / "My Data.v2"
+    d.mkdir()
+    assert dataset_name_for_directory(d) == "my-data-v2"
+    assert dataset_name_for_directory(f"{d}/") == "my-data-v2"  # a trailing slash changes nothing
+    monkeypatch.chdir(d)
+    assert dataset_name_for_directory(".") == "my-data-v2"  # `.` is named by its resolved path
+    assert dataset_name_for_directory("./") == "my-data-v2"
+    with pytest.raises(ConfigError, match="needs a name") as info:
+        dataset_name_for_directory("/")
+    assert "\n" not in str(info.value)
+
+
+def test_read_auto_names_by_directory(tmp_path, monkeypatch):
+    d = write_json(tmp_path / "Toy Set")
+    assert read_auto(d).name == "toy-set" and read_mmssl(d).name == "Toy Set"
+    monkeypatch.chdir(d)
+    assert read_auto(".").name == "toy-set"
+    assert read_auto(".", name="mine").name == "mine"  # an explicit name wins
+    with pytest.raises(ConfigError, match="needs a name"):
+        read_auto("/")  # before any file of the root is looked at
+
+
+# ---------------------------------------------------------------- fingerprint and freezing
+
+def two_modalities(tmp_path, name="d"):
+    d = write_json(tmp_path / name)
+    np.save(d / "image_feat.npy", np.arange(14, dtype=np.float32).reshape(7, 2))
+    np.save(d / "text_feat.npy", np.linspace(0, 1, 21, dtype=np.float32).reshape(7, 3))
+    return d
+
+
+def test_fingerprint_is_of_the_loaded_content(tmp_path):
+    d = two_modalities(tmp_path)
+    ds = read_mmssl(d)
+    fp = ds.fingerprint
+    assert len(fp) == 64 and int(fp, 16) >= 0 and ds.fingerprint is fp  # hashed once
+    other = tmp_path / "copy"
+    shutil.copytree(d, other)
+    assert read_mmssl(other).name == "copy" and read_mmssl(other).fingerprint == fp  # name: not content
+    (other / "test.json").write_text(json.dumps({"1": [5]}))  # one interaction changed
+    assert read_mmssl(other).fingerprint != fp
+    shutil.copy(d / "test.json", other / "test.json")
+    feat = np.load(other / "text_feat.npy")
+    feat[6, 2] += 1e-3  # one feature value changed
+    np.save(other / "text_feat.npy", feat)
+    assert read_mmssl(other).fingerprint != fp
+    np.save(other / "text_feat.npy", feat[:, :2])  # same rows, another width
+    assert read_mmssl(other).fingerprint != fp
+
+
+def test_fingerprint_ignores_storage_details(tmp_path):
+    ds = read_mmssl(two_modalities(tmp_path))
+
+    def int64(m):
+        m = sp.csr_matrix(m, copy=True)
+        m.indices, m.indptr = m.indices.astype(np.int64), m.indptr.astype(np.int64)
+        return m
+
+    assert ds.train.indices.dtype == np.int32 and int64(ds.train).indices.dtype == np.int64
+    assert index_digest(int64(ds.train)) == index_digest(ds.train)
+    wide = Dataset("other", ds.n_users, ds.n_items, int64(ds.train), int64(ds.valid), int64(ds.test),
+                   dict(reversed(list(ds.features.items()))))
+    assert list(wide.features) == ["text", "image"] and wide.fingerprint == ds.fingerprint
+    # unsorted indices, a duplicate pair and a non-one value are normalised to the same binary CSR
+    rows, cols = [0, 0, 2, 0], [1, 0, 3, 1]
+    messy = sp.csr_matrix((np.array([2.0, 1, 1, 1]), (rows, cols)), shape=(3, 7))
+    same = dataclasses.replace(ds, train=messy)
+    assert same.fingerprint == ds.fingerprint and set(same.train.data) == {1.0}
+    with pytest.raises(ValueError, match=r"train matrix has shape \(3, 8\)"):
+        dataclasses.replace(ds, train=sp.csr_matrix((3, 8), dtype=np.float32))
+
+
+def test_select_modalities_has_its_own_fingerprint(tmp_path):
+    ds = read_mmssl(two_modalities(tmp_path))
+    image = ds.select_modalities(["image"])
+    assert list(image.features) == ["image"] and image.fingerprint != ds.fingerprint
+    alone = Dataset("x", ds.n_users, ds.n_items, ds.train, ds.valid, ds.test, {"image": ds.features["image"]})
+    assert alone.fingerprint == image.fingerprint
+    assert ds.select_modalities(["text", "image"]).fingerprint == ds.fingerprint  # sorted names
+    assert ds.select_modalities(None) is ds
+    assert ds.train_view().fingerprint == ds.fingerprint
+
+
+def test_synthetic_fingerprint_follows_generation_parameters():
+    kw = dict(n_users=40, n_items=30, seed=1)
+    base = make_synthetic(**kw)
+    assert make_synthetic(**kw).fingerprint == base.fingerprint
+    for change in ({"seed": 2}, {"split_seed": 5}, {"feature_noise": 0.9}, {"density": 0.2},
+                   {"temperature": 2.0}, {"n_factors": 4}, {"modalities": {"image": 32, "text": 8}}):
+        assert make_synthetic(**{**kw, **change}).fingerprint != base.fingerprint, change
+
+
+def test_a_dataset_cannot_be_changed():
+    ds = make_synthetic(n_users=30, n_items=20, seed=0)
+    fp = ds.fingerprint
+    for field in ("name", "train", "features", "meta"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(ds, field, getattr(ds, field))
+    arrays = [ds.train.data, ds.train.indices, ds.train.indptr, ds.valid.indices, ds.test.data,
+              ds.features["image"], ds.features["text"]]
+    for arr in arrays:
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = arr[0]
+        with pytest.raises(ValueError):
+            arr.flags.writeable = True  # and nobody can switch writing back on
+    with pytest.raises(ValueError, match="read-only"):
+        ds.features["image"] *= 2
+    with pytest.raises(ValueError):
+        ds.train[0, int(ds.train[0].indices[0])] = 5  # an existing entry lives in the read-only data
+    for mapping in (ds.features, ds.checksums, ds.meta):
+        with pytest.raises(TypeError, match="read-only"):
+            mapping["x"] = 1
+        with pytest.raises(TypeError, match="read-only"):
+            mapping.update({})
+    view = ds.train_view()
+    with pytest.raises(ValueError, match="read-only"):
+        view.train.data[:] = 2.0
+    with pytest.raises(ValueError, match="read-only"):
+        view.features["text"][0, 0] = 1.0
+    view.train.indices = np.zeros_like(view.train.indices)  # the model's own matrix object only
+    assert dataclasses.replace(ds).fingerprint == fp  # re-hashed from the arrays: unchanged
+    assert json.loads(json.dumps({"meta": ds.meta}))["meta"]["layout"] == "synthetic"
+    for twin in (pickle.loads(pickle.dumps(ds)), copy.deepcopy(ds)):
+        assert twin.fingerprint == fp and not twin.train.indices.flags.writeable
+        assert not twin.features["image"].flags.writeable and isinstance(twin.meta, type(ds.meta))
+
+
+def test_scipy_operations_work_on_frozen_splits():
+    ds = make_synthetic(n_users=30, n_items=20, seed=0)
+    both = ds.train + ds.valid
+    assert both.nnz == ds.train.nnz + ds.valid.nnz
+    assert (ds.train.T.tocsr().T != ds.train).nnz == 0
+    assert ds.train[[0, 1]].shape == (2, 20) and ds.train.sum() == ds.train.nnz
+    assert (ds.train.multiply(ds.train) != ds.train).nnz == 0 and ds.train.tocoo().nnz == ds.train.nnz
+    own = sp.csr_matrix(ds.train)
+    own.sort_indices()
+    own.sum_duplicates()  # canonical already: no write is attempted
+    assert ds.train.copy().data.flags.writeable  # a copy is the caller's to change
+
+
+def test_dataset_takes_over_arrays_it_is_given():
+    owned = np.ones((4, 2), dtype=np.float32)
+    base = np.zeros((4, 4), dtype=np.float32)
+    ds = Dataset("x", 1, 4, to_csr([0], [1], 1, 4), to_csr([], [], 1, 4), to_csr([0], [2], 1, 4),
+                 {"a": owned, "b": base[:, :2]})
+    assert not owned.flags.writeable  # frozen in place, not copied
+    base[:] = 7  # a view of someone else's memory was copied: the dataset keeps its content
+    assert ds.features["b"].sum() == 0
+    wt = ds.without_test()
+    assert wt.test.nnz == 0 and wt.train is ds.train and wt.fingerprint != ds.fingerprint
+
+
+def test_ml100k_fingerprint_covers_the_split_seed(ml100k):
+    assert read_ml100k(split_seed=2024).fingerprint == ml100k.fingerprint
+    assert read_ml100k(split_seed=7).fingerprint != ml100k.fingerprint
+
+
 # ---------------------------------------------------------------- split rule
 
 @pytest.mark.parametrize("n, expected", [(2, (2, 0, 0)), (3, (1, 1, 1)), (5, (3, 1, 1)), (9, (7, 1, 1)),
@@ -224,6 +390,7 @@ def test_real_tiktok_inter_equals_json():
     assert (tsv.n_users, tsv.n_items) == (js.n_users, js.n_items) and same_splits(js, tsv)
     assert all(np.array_equal(js.features[m], tsv.features[m]) for m in js.features)
     assert same_splits(js, read_auto(d))  # both layouts present: JSON wins
+    assert tsv.fingerprint == js.fingerprint  # the same data in another layout is the same data
 
 
 def test_real_lastfm2k():
@@ -241,5 +408,5 @@ def test_real_amazon():
     assert (sports.n_users, sports.n_items) == (35598, 18357)
     assert sports.train.nnz + sports.valid.nnz + sports.test.nnz == 296_337
     baby = read_auto(d)  # the baby_*.json splits win over the two .inter files
-    assert baby.name == "baby" and (baby.n_users, baby.n_items) == (19445, 7050)
+    assert baby.name == "amazon" and (baby.n_users, baby.n_items) == (19445, 7050)  # the folder's name
     assert baby.train.nnz + baby.valid.nnz + baby.test.nnz == 160_792

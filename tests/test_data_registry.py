@@ -1,8 +1,10 @@
 """Cards, data/cache directories, checksums, the parse cache, import, verify and the `data` CLI."""
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
+from mmbench.data import dataset as dataset_mod
 from mmbench.data import readers, registry
+from mmbench.data.synthetic import make_synthetic
 from mmbench.data.cli import add_data_parser
 from mmbench.errors import ConfigError, DataError
 
@@ -160,8 +164,64 @@ def test_invalid_data_writes_no_cache(toy, tmp_path):
 
 def test_load_directory_path(toy):
     ds = registry.load_dataset(str(toy["src"]))
-    assert ds.name == "toy" and ds.meta["card"] is None and list(ds.features) == ["image"]
+    assert ds.name == "toydir" and ds.meta["card"] is None and list(ds.features) == ["image"]
     assert ds.checksums == toy["card"]["files"]
+
+
+def test_directory_dataset_names(toy, monkeypatch):
+    monkeypatch.chdir(toy["src"])
+    assert registry.load_dataset(".").name == "toydir"  # `--dataset .` is named by the resolved path
+    assert registry.load_dataset(f"{toy['src']}/").name == "toydir"
+    with pytest.raises(ConfigError, match="needs a name") as info:
+        registry.load_dataset("/")
+    assert "\n" not in str(info.value)
+
+
+def no_hashing(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("re-hashed instead of using the cached digests")
+    monkeypatch.setattr(dataset_mod, "array_digest", boom)
+    monkeypatch.setattr(dataset_mod, "index_digest", boom)
+
+
+def test_warm_load_serves_the_fingerprint_from_the_cache(toy, tmp_path, monkeypatch):
+    cold = registry.load_dataset("toy", data_dir=toy["src"].parent)
+    fp = cold.fingerprint
+    assert dataclasses.replace(cold).fingerprint == fp  # what a full re-hash gives
+    no_hashing(monkeypatch)
+    warm = registry.load_dataset("toy", data_dir=toy["src"].parent)
+    assert warm.fingerprint == fp and warm.select_modalities(["image"]).fingerprint == fp
+    monkeypatch.setattr(registry, "FINGERPRINT_VERSION", 99)  # a new definition: a new cache file
+    with pytest.raises(AssertionError, match="re-hashed"):
+        registry.load_dataset("toy", data_dir=toy["src"].parent)
+
+
+def test_cached_digests_follow_the_files(toy):
+    before = registry.load_dataset("toy", data_dir=toy["src"].parent).fingerprint
+    inter = toy["src"] / "toy.inter"
+    inter.write_text(inter.read_text().replace("1\t1\t0\n", "1\t0\t0\n"))  # one interaction moved
+    after = registry.load_dataset("toy", data_dir=toy["src"].parent, verify_checksums=False)
+    assert after.train[1, 0] == 1 and after.fingerprint != before
+
+
+def test_a_modified_copy_of_a_directory_is_other_data(toy, tmp_path):
+    card = registry.load_dataset("toy", data_dir=toy["src"].parent)
+    copy = tmp_path / "Copy of Toy"
+    shutil.copytree(toy["src"], copy)
+    same = registry.load_dataset(str(copy))
+    assert same.name == "copy-of-toy" and same.fingerprint == card.fingerprint
+    inter = copy / "toy.inter"
+    inter.write_text(inter.read_text().replace("1\t1\t0\n", "1\t0\t0\n"))
+    changed = registry.load_dataset(str(copy))
+    assert changed.name == "copy-of-toy" and changed.fingerprint != card.fingerprint
+
+
+def test_builtin_identity_covers_generation_parameters():
+    params = registry.card("synthetic")["params"]
+    syn = registry.load_dataset("synthetic")
+    assert syn.fingerprint == make_synthetic(**params).fingerprint
+    assert syn.fingerprint != make_synthetic(**{**params, "seed": params["seed"] + 1}).fingerprint
+    assert syn.fingerprint != make_synthetic(**{**params, "split_seed": params["seed"] + 1}).fingerprint
 
 
 def test_builtin_cards(monkeypatch):
@@ -260,6 +320,20 @@ def test_real_tiktok_cold_and_warm():
     assert (warm.train != cold.train).nnz == 0 and warm.meta["missing_modalities"] == ["text"]
     assert warm.checksums == registry.card("tiktok")["files"]
     assert {m: f.shape for m, f in warm.features.items()} == {"image": (6710, 128), "audio": (6710, 128)}
+
+
+def test_real_tiktok_fingerprint_cost(monkeypatch):
+    real_data()
+    cold = registry.load_dataset("tiktok")  # the per-test cache dir: a cold load, which hashes once
+    t = time.perf_counter()
+    fp = dataclasses.replace(cold).fingerprint  # a fresh object: every part hashed again
+    t_hash = time.perf_counter() - t
+    assert t_hash < 0.5, f"fingerprinting TikTok took {t_hash:.3f}s"
+    assert fp == cold.fingerprint and cold.select_modalities(["image"]).fingerprint != fp
+    no_hashing(monkeypatch)
+    t = time.perf_counter()
+    warm = registry.load_dataset("tiktok")
+    assert warm.fingerprint == fp, f"warm load + fingerprint took {time.perf_counter() - t:.3f}s"
 
 
 def test_real_cards_match_their_statistics():

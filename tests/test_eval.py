@@ -377,19 +377,37 @@ def test_agrees_with_recbole_formulas(recbole_metrics):
         np.testing.assert_allclose(mine, table, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-def test_plan_cache_follows_the_dataset():
-    import gc
+def test_plan_cache_is_keyed_by_the_fingerprint():
+    import dataclasses
 
     from mmbench.eval import evaluator as ev
 
-    ds = make_ds(2, 4, test=[(0, 1)])
+    ev.clear_cache()
+    a = make_ds(2, 4, train=[(1, 2)], test=[(0, 1)])
+    b = make_ds(2, 4, train=[(1, 2)], test=[(0, 1)])  # equal, built separately
+    assert a is not b and a.fingerprint == b.fingerprint
     scorer = matrix_scorer(np.tile(-np.arange(4.0), (2, 1)))
-    assert evaluate(scorer, ds, ks=(1,)).mean["hit@1"] == 0.0
-    assert evaluate(scorer, ds, ks=(1,)).mean["hit@1"] == 0.0 and id(ds) in ev._CACHE
-    ds.test = to_csr([0, 1], [0, 0], 2, 4)  # a replaced split matrix invalidates the plan
-    res = evaluate(scorer, ds, ks=(1,))
+    assert evaluate(scorer, a, ks=(1,)).mean["hit@1"] == 0.0
+    plan = ev._plan(a, "test", "train", None)
+    assert evaluate(scorer, b, ks=(1,)).mean["hit@1"] == 0.0
+    assert ev._plan(b, "test", "train", None) is plan and list(ev._CACHE) == [a.fingerprint]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.test = to_csr([0, 1], [0, 0], 2, 4)  # a split cannot change under a cached plan
+    c = a.replace(test=to_csr([0, 1], [0, 0], 2, 4))  # other content: its own plan
+    res = evaluate(scorer, c, ks=(1,))
     assert res.users.tolist() == [0, 1] and res.mean["hit@1"] == 1.0
-    key = id(ds)
-    del ds, res
-    gc.collect()
-    assert key not in ev._CACHE
+    assert ev._plan(c, "test", "train", None) is not plan and len(ev._CACHE) == 2
+    for n_items in range(5, 5 + ev._MAX_DATASETS):  # least recently used datasets are dropped
+        evaluate(matrix_scorer(np.zeros((2, n_items))), make_ds(2, n_items, test=[(0, 1)]), ks=(1,))
+    assert len(ev._CACHE) == ev._MAX_DATASETS and a.fingerprint not in ev._CACHE
+
+
+def test_duck_typed_datasets_are_evaluated_uncached():
+    from mmbench.eval import evaluator as ev
+
+    ev.clear_cache()
+    ds = make_ds(2, 4, test=[(0, 1)])
+    duck = types.SimpleNamespace(n_users=2, n_items=4, train=ds.train, valid=ds.valid, test=ds.test,
+                                 split=ds.split)
+    res = evaluate(matrix_scorer(np.tile(-np.arange(4.0), (2, 1))), duck, ks=(2,))
+    assert res.mean["hit@2"] == 1.0 and not ev._CACHE

@@ -78,7 +78,7 @@ def test_modality_selection_reaches_the_model(modalities, synth3):
     c = cfg("mmgcn", "epochs=1", f"modalities={','.join(modalities)}")
     assert c.modalities == modalities
     rec = train_one("mmgcn", synth3, c, 1, CPU, None, progress=False)
-    assert rec["dataset"]["modalities"] == modalities
+    assert rec.dataset.modalities == modalities
     assert np.isfinite(rec["valid"]["recall@20"])
 
 

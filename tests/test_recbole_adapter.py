@@ -1,5 +1,6 @@
-"""RecBole adapters: they train through our trainer, map ids back, agree with RecBole's own evaluator,
-match the native LightGCN, and leave no trace (files, argv, env, logging) behind."""
+"""RecBole adapters: they train through our trainer (the one loop: eval_every, checkpoints, exact
+resumption), map ids back, agree with RecBole's own evaluator, match the native LightGCN, and leave
+no trace (files, argv, env, logging) behind."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,8 @@ from mmbench.data.dataset import Dataset, to_csr
 from mmbench.eval import evaluate
 from mmbench.models.base import get_model_class
 from mmbench.runner import model_config, train_one
-from mmbench.train.trainer import Trainer, resolve_device
+from mmbench.train.trainer import CHECKPOINT, Trainer, resolve_device
+from model_helpers import assert_identical_records, interrupted_then_resumed
 
 CPU = resolve_device("cpu")
 ADAPTERS = ["recbole-bpr", "recbole-ngcf", "recbole-lightgcn", "recbole-sgl", "recbole-ncl"]
@@ -94,6 +96,63 @@ def test_best_state_is_restored_in_memory(synthetic):
     assert result.best_epoch == 1 + int(np.argmax(valids))
     assert trainer.validate().mean == result.valid  # the restored state reproduces the best valid
     assert any(k.startswith("rb.") for k in trainer.model.state_dict())
+
+
+def test_there_is_one_training_loop():
+    """No own loop left anywhere: the adapters run through Trainer.fit's hooks."""
+    from mmbench.models.base import Recommender
+    from mmbench.models.recbole_adapter import RecBoleAdapter
+
+    assert not hasattr(Trainer, "_fit_own_loop")
+    assert not hasattr(Recommender, "brings_own_loop") and not hasattr(Recommender, "fit")
+    assert "fit" not in vars(RecBoleAdapter)
+
+
+def test_eval_every_validates_only_on_those_epochs(synthetic):
+    _, result = trained("recbole-lightgcn", synthetic, 1, "epochs=5", "eval_every=2", "patience=0")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]
+    assert [h["epoch"] for h in result.history if "valid" in h] == [2, 4, 5] == result.valid_epochs
+    assert result.valid_item_hits.shape == (3, synthetic.n_items)
+    assert result.best_epoch in (2, 4, 5)
+
+
+# Per adapter, settings under which a resume crosses every piece of state the model has: several
+# batches per epoch (the loader's shuffle), NCL's E-step at epochs 1 and 4 only (epoch 3 uses the
+# centroids of epoch 1, which only the checkpoint holds) with its prototype loss from epoch 2 on,
+# SGL's edge-dropout and random-walk views.
+RESUME_CASES = {"bpr": ("recbole-bpr", []), "ngcf": ("recbole-ngcf", []), "lightgcn": ("recbole-lightgcn", []),
+                "sgl-ED": ("recbole-sgl", []), "sgl-RW": ("recbole-sgl", ["aug_type=RW"]),
+                "ncl": ("recbole-ncl", ["m_step=3", "warm_up_step=1"])}
+
+
+@pytest.mark.parametrize("name, sets", list(RESUME_CASES.values()), ids=list(RESUME_CASES))
+def test_interrupted_then_resumed_equals_uninterrupted(name, sets, synthetic, tmp_path, monkeypatch):
+    """Interrupted in epoch 3 (the checkpoint holds epoch 2), then resumed: the same record and
+    byte-identical arrays as a run that was never interrupted."""
+    cfg = cfg_for(name, "synthetic", "epochs=4", "patience=0", "checkpoint_every=0", "batch_size=64", *sets)
+
+    def run(where: str):
+        return train_one(name, synthetic, cfg, 5, CPU, tmp_path / where / "run", progress=False)
+
+    full = run("full")
+    if name == "recbole-ncl":  # the prototype loss joins in epoch 2, before the interruption
+        assert ["proto" in h["losses"] for h in full["history"]] == [False, True, True, True]
+    saved = {}
+
+    def checkpoint_after_epoch_2():
+        ckpt = torch.load(tmp_path / "resumed" / "run" / CHECKPOINT, weights_only=False)
+        assert ckpt["epoch"] == 2 and not (tmp_path / "resumed" / "run" / "record.json").exists()
+        assert any(k.startswith("rb.") for k in ckpt["model"]) and "generator" in ckpt["sampler"]
+        model_cls = get_model_class(name)
+        assert set(ckpt["extra"]) == set(model_cls.state_attrs)  # SGL's views, NCL's centroids
+        saved["history"] = ckpt["history"]
+
+    resumed = interrupted_then_resumed(monkeypatch, lambda: run("resumed"), between=checkpoint_after_epoch_2)
+    # epochs 1-2 came from the checkpoint (their timings are the interrupted run's), 3-4 were trained
+    assert [h["train_seconds"] for h in resumed["history"][:2]] == [h["train_seconds"] for h in saved["history"]]
+    assert [h["losses"] for h in resumed["history"]] == [h["losses"] for h in full["history"]]
+    assert (resumed["best_epoch"], resumed["valid"], resumed["test"]) == (full["best_epoch"], full["valid"], full["test"])
+    assert_identical_records(tmp_path / "resumed" / "run", tmp_path / "full" / "run")
 
 
 def test_same_seed_same_numbers(synthetic):

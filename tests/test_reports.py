@@ -2,6 +2,8 @@
 Markdown, LaTeX and CSV files must carry the same cells, and the figures must be written."""
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import re
 from pathlib import Path
@@ -62,15 +64,16 @@ def make_results(root: Path, models=QUALITY, datasets=DATASETS, seeds=SEEDS, wit
                 history = [{"epoch": e, "losses": {"loss": 1.0 / e}, "train_seconds": q * 10 + seed,
                             "valid": {"recall@20": q * (1 - np.exp(-e / 2)) + 0.001 * seed},
                             "eval_seconds": 0.5} for e in range(1, n_val + 1)]
-                record = {
-                    "model": model, "dataset": {"name": ds, "checksums": {}, "statistics": {}, "modalities": []},
-                    "config": {}, "config_hash": f"h-{model}", "seed": seed, "protocol": {}, "env": {"device": "cpu"},
-                    "history": history, "best_epoch": n_val, "valid": history[-1]["valid"], "test": test,
-                    "n_test_users": len(users),
-                    "timings": {"train_seconds_per_epoch": q * 10 + seed, "eval_seconds_per_validation": 0.5,
-                                "test_seconds": 0.25 * seed, "total_seconds": 100 * q + seed, "epochs_run": n_val},
-                    "peak_memory_mb": 500 + 10 * seed, "created": f"2024-01-01T00:00:{seed:02d}+00:00",
-                }
+                record = records.RunRecord(
+                    model=model, dataset=records.DatasetRef(name=ds, fingerprint=f"fp-{ds}"),
+                    config={}, config_hash=f"h-{model}", seed=seed, budget="full", threads=1, device="cpu",
+                    run_id=f"h-{model}-seed{seed}", protocol={}, env={"device": "cpu"},
+                    history=history, best_epoch=n_val, valid=history[-1]["valid"], test=test,
+                    n_test_users=len(users),
+                    timings={"train_seconds_per_epoch": q * 10 + seed, "eval_seconds_per_validation": 0.5,
+                             "test_seconds": 0.25 * seed, "total_seconds": 100 * q + seed, "epochs_run": n_val},
+                    peak_memory_mb=500 + 10 * seed, created=f"2024-01-01T00:00:{seed:02d}+00:00",
+                )
                 records.write_record(records.run_dir(root, ds, model, f"h-{model}-seed{seed}"), record, arrays)
     return root
 
@@ -90,8 +93,8 @@ def seed_values(results: Path, ds: str, model: str, metric: str) -> list[float]:
     vals = []
     for f in records.find_records(results):
         r = records.read_record(f)
-        if r["dataset"]["name"] == ds and r["model"] == model:
-            vals.append(r["test"][metric])
+        if r.dataset.name == ds and r.model == model:
+            vals.append(r.test[metric])
     return vals
 
 
@@ -106,9 +109,9 @@ def per_user_mean(results, ds, model, metric):
     parts = {}
     for f in records.find_records(results):
         r = records.read_record(f)
-        if r["dataset"]["name"] == ds and r["model"] == model:
+        if r.dataset.name == ds and r.model == model:
             a = records.read_arrays(f)
-            parts[r["seed"]] = dict(zip(a["test_users"].tolist(), a[f"test/{metric}"].tolist()))
+            parts[r.seed] = dict(zip(a["test_users"].tolist(), a[f"test/{metric}"].tolist()))
     users = sorted(set.intersection(*(set(p) for p in parts.values())))
     return users, np.array([[p[u] for p in parts.values()] for u in users]).mean(axis=1)
 
@@ -297,7 +300,7 @@ def test_table4_explicit_edges(results, rs, tmp_path):
                 vals = []
                 for f in records.find_records(results):
                     r = records.read_record(f)
-                    if r["dataset"]["name"] == ds and r["model"] == model:
+                    if r.dataset.name == ds and r.model == model:
                         vals.append(records.read_arrays(f)["test/ndcg@20"][bucket == k].mean())
                 per_seed[model] = vals
             ref = np.mean(per_seed["mmssl"])
@@ -338,6 +341,7 @@ def test_degree_fallback_to_dataset(tmp_path, monkeypatch):
 
     class FakeData:
         n_items = 150
+        fingerprint = "fp-baby"  # the data the runs saw (make_results' fingerprint)
         train = sp.csr_matrix((np.ones(user_deg.sum()), np.arange(user_deg.sum()) % 150,
                                np.concatenate([[0], np.cumsum(user_deg)])), shape=(400, 150))
 
@@ -424,10 +428,43 @@ def test_duplicate_runs_latest_config_wins(tmp_path, capsys):
     results = make_results(tmp_path / "res", models={"mmssl": 0.3}, seeds=(1,), datasets={"toyset": (100, 50)})
     folder = records.find_records(results)[0]
     rec = records.read_record(folder)
-    rec.update(config_hash="h-new", created="2025-01-01T00:00:00+00:00",
-               test={k: v + 1 for k, v in rec["test"].items()})
+    rec = dataclasses.replace(rec, config_hash="h-new", created="2025-01-01T00:00:00+00:00",
+                              test={k: v + 1 for k, v in rec.test.items()})
     records.write_record(folder.parent / "new-seed1", rec, records.read_arrays(folder))
     rs = common.load_runs(results)
     assert len(rs.runs("toyset", "mmssl")) == 1
-    assert rs.runs("toyset", "mmssl")[0].record["config_hash"] == "h-new"
-    assert "different configs" in capsys.readouterr().err
+    assert rs.runs("toyset", "mmssl")[0].record.config_hash == "h-new"
+    assert "different configurations" in capsys.readouterr().err
+
+
+def test_a_modified_copy_of_a_dataset_is_never_pooled_with_the_original(tmp_path):
+    """Same name, other content: its runs form their own group, labelled by fingerprint."""
+    results = make_results(tmp_path / "res", models={"mmssl": 0.3, "lightgcn": 0.2}, seeds=(1, 2),
+                           datasets={"toyset": (100, 50)})
+    for folder in records.find_records(results):
+        rec = records.read_record(folder)
+        if rec.seed == 2:  # seed 2's runs were made on a modified copy of toyset
+            copy = dataclasses.replace(rec, dataset=dataclasses.replace(rec.dataset, fingerprint="fp-modified"))
+            records.write_record(folder, copy, records.read_arrays(folder))
+    rs = common.load_runs(results)
+    assert rs.datasets() == ["toyset [fp-modif]", "toyset [fp-toyse]"]
+    for ds in rs.datasets():
+        assert [len(rs.runs(ds, m)) for m in ("mmssl", "lightgcn")] == [1, 1]
+    t2 = common.to_markdown(table2.build(rs))
+    assert "toyset [fp-modif]" in t2 and "toyset [fp-toyse]" in t2
+
+
+def test_runs_on_unknown_data_are_shown_but_never_ranked(tmp_path):
+    results = make_results(tmp_path / "res", models={"mmssl": 0.3, "lightgcn": 0.2}, seeds=(1, 2),
+                           datasets={"toyset": (100, 50)})
+    for folder in records.find_records(results):
+        rec = records.read_record(folder)
+        copy = dataclasses.replace(rec, dataset=dataclasses.replace(rec.dataset, fingerprint=records.UNKNOWN))
+        records.write_record(folder, copy, records.read_arrays(folder))
+    rs = common.load_runs(results)
+    assert not rs.rankable("toyset")
+    t = table2.build(rs)
+    cells = [c for b in t.blocks for _, row in b.rows for c in row]
+    assert not any(c.mark for c in cells)  # no bold, no underline
+    assert common.per_user_test(rs, "toyset", "mmssl", "lightgcn", "recall@20", "ttest") is None
+    assert any(c.text != "–" for c in cells)  # the values themselves are shown

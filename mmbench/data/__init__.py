@@ -6,6 +6,7 @@ _LAZY = {
     "load_dataset": "registry", "list_cards": "registry", "card": "registry", "verify": "registry",
     "import_dataset": "registry", "data_dir": "registry", "cache_dir": "registry",
     "read_mmssl": "readers", "read_mmrec": "readers", "read_ml100k": "readers", "read_auto": "readers",
+    "dataset_name_for_directory": "readers",
     "make_synthetic": "synthetic",
 }
 

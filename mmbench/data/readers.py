@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
 
 from mmbench.data.dataset import SPLITS, Dataset, to_csr
 from mmbench.data import validate as V
-from mmbench.errors import DataError
+from mmbench.errors import ConfigError, DataError
 
-# Bump when parsing changes what a reader returns: the registry keys its parse cache on it.
-READER_VERSION = 1
+# Bump when parsing changes what a reader returns or the parse cache's format: the registry keys
+# its parse cache on it. 2: the cache stores the fingerprint's part digests.
+READER_VERSION = 2
 
 # MMSSL's file stem for each split (the valid split lives in `val.json`).
 JSON_SPLIT_FILES = {"train": "train.json", "valid": "val.json", "test": "test.json"}
@@ -249,7 +251,26 @@ def detect_layout(directory) -> str:
                     f"or one <name>.inter)")
 
 
+def dataset_name_for_directory(path) -> str:
+    """The name of a dataset loaded from a directory: the lower-cased basename of its RESOLVED path,
+    every character outside [a-z0-9_-] turned into `-` (`.` -> the current folder's name,
+    `data/` -> `data`, `My Data.v2` -> `my-data-v2`). The name labels run folders and reports, so it
+    must never be empty (`/` has no basename: a ConfigError) nor hold path or shell characters.
+    """
+    resolved = Path(path).expanduser().resolve()
+    name = re.sub(r"[^a-z0-9_-]", "-", resolved.name.lower())
+    if not name:
+        raise ConfigError(f"{path}: a dataset directory needs a name, and {resolved} has none; "
+                          f"move the files into a named folder")
+    return name
+
+
 def read_auto(path, name: str | None = None) -> Dataset:
-    """Read a directory in whichever layout it holds."""
+    """Read a directory in whichever layout it holds, named `name` or by `dataset_name_for_directory`.
+
+    `name` also picks the `<name>_*.json` / `<name>.inter` files where a folder holds several.
+    """
+    label = name or dataset_name_for_directory(path)
     layout = detect_layout(path)
-    return read_mmssl(path, name) if layout == "mmssl" else read_mmrec(path, name)
+    ds = read_mmssl(path, name) if layout == "mmssl" else read_mmrec(path, name)
+    return ds if ds.name == label else ds.replace(name=label)

@@ -24,7 +24,7 @@ import yaml
 
 from mmbench.atomic import atomic_copy, atomic_write
 from mmbench.data import readers
-from mmbench.data.dataset import SPLITS, Dataset, canonical_csr
+from mmbench.data.dataset import FINGERPRINT_VERSION, SPLITS, Dataset, canonical_csr
 from mmbench.data.validate import one_line
 from mmbench.errors import ConfigError, DataError
 
@@ -177,7 +177,8 @@ def _checksums(c: dict, root: Path, verify: bool, use_cache: bool = True) -> dic
 # --------------------------------------------------------------------------- npz cache
 
 def _cache_key(c: dict, sums: dict) -> str:
-    key = {"reader": readers.READER_VERSION, "name": c["name"], "layout": c["layout"],
+    key = {"reader": readers.READER_VERSION, "fingerprint": FINGERPRINT_VERSION,
+           "name": c["name"], "layout": c["layout"],
            "directory": c.get("directory"), "reader_args": c["reader"], "params": c["params"],
            "modalities": {m: (s or {}).get("file") for m, s in c["modalities"].items()}, "files": sums}
     if c["layout"] == "ml100k":  # TF-IDF/SVD output may change with scikit-learn
@@ -187,6 +188,8 @@ def _cache_key(c: dict, sums: dict) -> str:
 
 
 def _save_cache(path: Path, ds: Dataset) -> None:
+    """Arrays + a JSON header, which holds the fingerprint's part digests so a warm load need not
+    re-hash (the file name's key covers the files, the reader and FINGERPRINT_VERSION)."""
     arrays = {}
     for s in SPLITS:
         m = ds.split(s)
@@ -197,7 +200,7 @@ def _save_cache(path: Path, ds: Dataset) -> None:
         if getattr(ds, attr) is not None:
             arrays[attr] = np.asarray(getattr(ds, attr))
     header = {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items,
-              "modalities": list(ds.features), "meta": ds.meta}
+              "modalities": list(ds.features), "meta": dict(ds.meta), "digests": ds.part_digests()}
     arrays["header"] = np.array(json.dumps(header))
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
@@ -214,10 +217,12 @@ def _load_cache(path: Path) -> Dataset | None:
                 mats[s] = canonical_csr(m)
             feats = {mod: z[f"feature_{k}"] for k, mod in enumerate(header["modalities"])}
             tokens = {a: z[a] for a in ("user_tokens", "item_tokens") if a in z.files}
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        ds = Dataset(header["name"], shape[0], shape[1], mats["train"], mats["valid"], mats["test"],
+                     feats, meta=header["meta"], **tokens)
+        ds.adopt_digests(header["digests"])
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, EOFError):
         return None  # a damaged cache is rebuilt from the files
-    return Dataset(header["name"], shape[0], shape[1], mats["train"], mats["valid"], mats["test"],
-                   feats, meta=header["meta"], **tokens)
+    return ds
 
 
 # --------------------------------------------------------------------------- loading
@@ -251,32 +256,27 @@ def _load_card(c: dict, data_dir=None, verify_checksums=True, use_cache=True) ->
     root = card_root(c, data_dir)
     if root is None:  # synthetic: generated in milliseconds, nothing to verify or cache
         ds = _parse(c, None)
-        ds.name = c["name"]
-        ds.meta = _card_meta(c, ds, None)
-        return ds
+        return ds.replace(name=c["name"], meta=_card_meta(c, ds, None))
     _check_present(c, root)
     sums = _checksums(c, root, verify_checksums, use_cache)
     path = cache_dir() / f"{c['name']}-{_cache_key(c, sums)}.npz"
     ds = _load_cache(path) if use_cache and path.is_file() else None
     if ds is None:
-        ds = _parse(c, root)
-        ds.name = c["name"]
+        ds = _parse(c, root).replace(name=c["name"])
         if use_cache:
             try:
                 _save_cache(path, ds)
             except OSError as exc:
                 warnings.warn(f"could not write the dataset cache {path}: {exc}", stacklevel=2)
-    ds.checksums = sums
-    ds.meta = _card_meta(c, ds, root)
-    return ds
+    return ds.replace(checksums=sums, meta=_card_meta(c, ds, root))
 
 
 def _load_path(path: Path, use_cache=True) -> Dataset:
+    """A directory in auto-detected layout, named by `readers.dataset_name_for_directory`."""
     ds = readers.read_auto(path)
     root = Path(ds.meta["directory"])
-    ds.checksums = {f: file_checksum(root / f, use_cache) for f in ds.meta["files"]}
-    ds.meta = {**ds.meta, "card": None, "missing_modalities": []}
-    return ds
+    sums = {f: file_checksum(root / f, use_cache) for f in ds.meta["files"]}
+    return ds.replace(checksums=sums, meta={**ds.meta, "card": None, "missing_modalities": []})
 
 
 def _resolve(name_or_path) -> dict | Path:

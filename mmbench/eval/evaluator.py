@@ -4,12 +4,11 @@ Users are scored in chunks; the user's masked items (train, or train+valid for R
 convention) get -inf; a tie-aware top-K (ties go to the lower item id) gives each user's ranked
 list; the metrics are computed once, vectorised, from the [users, max K] hit matrix. The index
 work that does not depend on the model (evaluated users, per-chunk mask positions, split keys)
-is cached per (dataset, split, mask, users), because the trainer calls this every epoch.
+is cached per (dataset fingerprint, split, mask, users), because the trainer calls this every epoch.
 """
 from __future__ import annotations
 
 import hashlib
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -127,22 +126,16 @@ class _Plan:
         return cached[c]
 
 
-class _Entry:
-    def __init__(self, dataset):
-        self.refs = [weakref.ref(x) for x in (dataset, dataset.train, dataset.valid, dataset.test)]
-        self.plans: OrderedDict = OrderedDict()
-
-    def alive_for(self, dataset) -> bool:
-        objs = (dataset, dataset.train, dataset.valid, dataset.test)
-        return all(r() is o for r, o in zip(self.refs, objs))
-
-
-_CACHE: OrderedDict[int, _Entry] = OrderedDict()
+_CACHE: OrderedDict[str, OrderedDict] = OrderedDict()  # fingerprint -> {(split, mask, users): plan}
 _MAX_DATASETS, _MAX_PLANS = 4, 8
 
 
 def _plan(dataset, split: str, mask: str, users) -> _Plan:
-    """The cached plan; a dataset whose split matrices were replaced gets a fresh one."""
+    """The cached plan for the dataset's CONTENT, keyed by its fingerprint.
+
+    A Dataset is frozen, so a plan can never go stale, and two equal datasets built separately
+    share one. An object without a fingerprint (not a mmbench Dataset) gets a fresh, uncached plan.
+    """
     if users is not None:
         users = np.unique(np.asarray(users, dtype=np.int64).ravel())
         if len(users) and (users[0] < 0 or users[-1] >= dataset.n_users):
@@ -150,24 +143,26 @@ def _plan(dataset, split: str, mask: str, users) -> _Plan:
         digest = hashlib.blake2b(users.tobytes(), digest_size=16).hexdigest()
     else:
         digest = None
-    entry = _CACHE.get(id(dataset))
-    if entry is None or not entry.alive_for(dataset):
-        entry = _CACHE[id(dataset)] = _Entry(dataset)
-        weakref.finalize(dataset, _CACHE.pop, id(dataset), None)  # free the plans with the dataset
-    _CACHE.move_to_end(id(dataset))
+    fingerprint = getattr(dataset, "fingerprint", None)
+    if not fingerprint:
+        return _Plan(dataset, split, mask, users)
+    plans = _CACHE.get(fingerprint)
+    if plans is None:
+        plans = _CACHE[fingerprint] = OrderedDict()
+    _CACHE.move_to_end(fingerprint)
     while len(_CACHE) > _MAX_DATASETS:
         _CACHE.popitem(last=False)
     key = (split, mask, digest)
-    if key not in entry.plans:
-        entry.plans[key] = _Plan(dataset, split, mask, users)
-        while len(entry.plans) > _MAX_PLANS:
-            entry.plans.popitem(last=False)
-    entry.plans.move_to_end(key)
-    return entry.plans[key]
+    if key not in plans:
+        plans[key] = _Plan(dataset, split, mask, users)
+        while len(plans) > _MAX_PLANS:
+            plans.popitem(last=False)
+    plans.move_to_end(key)
+    return plans[key]
 
 
 def clear_cache() -> None:
-    """Drop every cached plan (tests, or after editing a dataset's matrices in place)."""
+    """Drop every cached plan (tests; memory)."""
     _CACHE.clear()
 
 

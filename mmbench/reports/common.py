@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mmbench.eval.metrics import HIT, NDCG, NDCG_LEGACY, PRECISION, RECALL
 from mmbench import records, stats
 from mmbench.atomic import atomic_write
 from mmbench.errors import MMBenchError
@@ -24,7 +25,7 @@ MISSING = "–"
 DATASET_ORDER = ("tiktok", "baby", "sports", "allrecipes")
 DATASET_NAMES = {"tiktok": "Tiktok", "baby": "Amazon-Baby", "sports": "Amazon-Sports",
                  "allrecipes": "Allrecipes"}
-METRIC_SHORT = {"recall": "R", "precision": "P", "ndcg": "N", "ndcg_legacy": "Nleg", "hit": "H"}
+METRIC_SHORT = {RECALL: "R", PRECISION: "P", NDCG: "N", NDCG_LEGACY: "Nleg", HIT: "H"}
 
 
 class ReportError(MMBenchError):
@@ -35,8 +36,10 @@ def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
-def dataset_label(name: str) -> str:
-    return DATASET_NAMES.get(name, name)
+def dataset_label(key: str) -> str:
+    """The paper's name of a dataset group (`tiktok` -> `Tiktok`; a `[fingerprint]` suffix is kept)."""
+    name, sep, rest = key.partition(" [")
+    return DATASET_NAMES.get(name, name) + (sep + rest if sep else "")
 
 
 def metric_label(metric: str) -> str:
@@ -51,31 +54,30 @@ class Run:
     """One completed run folder; its arrays are read on first use."""
 
     folder: Path
-    record: dict[str, Any]
+    record: records.RunRecord
+    dataset: str = ""  # the group key RunSet files it under (the dataset name, made unique)
+
+    def __post_init__(self) -> None:
+        self.dataset = self.dataset or self.record.dataset.name
 
     @property
     def model(self) -> str:
-        return self.record["model"]
-
-    @property
-    def dataset(self) -> str:
-        return self.record["dataset"]["name"]
+        return self.record.model
 
     @property
     def seed(self) -> int:
-        return int(self.record["seed"])
+        return int(self.record.seed)
 
     @cached_property
     def arrays(self) -> dict[str, np.ndarray]:
         try:
             return records.read_arrays(self.folder)
-        except (OSError, ValueError) as exc:
-            warn(f"{self.folder}: unreadable arrays ({exc}); per-user statistics skip this run")
+        except MMBenchError as exc:
+            warn(f"{exc}; per-user statistics skip this run")
             return {}
 
     def test_metric(self, metric: str) -> float:
-        v = self.record.get("test", {}).get(metric)
-        return float(v) if v is not None else float("nan")
+        return self.record.metric("test", metric)
 
     def per_user(self, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(test users, per-user test metric) or None when the arrays lack it."""
@@ -94,7 +96,7 @@ class Run:
     def _degree(self, key: str, user: bool) -> np.ndarray | None:
         if key in self.arrays:
             return self.arrays[key].astype(np.int64)
-        ds = _load_dataset(self.dataset)
+        ds = _load_dataset(self.record.dataset.name, self.record.dataset.fingerprint)
         if ds is None:
             return None
         train = ds.train
@@ -103,48 +105,76 @@ class Run:
         return np.bincount(train.indices, minlength=ds.n_items).astype(np.int64)
 
 
-_DATASETS: dict[str, Any] = {}
+_DATASETS: dict[tuple[str, str], Any] = {}
 
 
-def _load_dataset(name: str):
-    """Fallback for records without degree arrays: the dataset itself (cached); None if unloadable."""
-    if name not in _DATASETS:
+def _load_dataset(name: str, fingerprint: str):
+    """Fallback for records without degree arrays: the dataset itself (cached), only when it is the
+    data the run saw (same fingerprint); None otherwise."""
+    key = (name, fingerprint)
+    if key not in _DATASETS:
         try:
             from mmbench.data.registry import load_dataset
 
-            _DATASETS[name] = load_dataset(name)
+            ds = load_dataset(name)
+            _DATASETS[key] = ds if ds.fingerprint == fingerprint else None
+            if _DATASETS[key] is None:
+                warn(f"training degrees for {name!r} are not in the records, and today's {name!r} is not "
+                     f"the data those runs saw; sparsity buckets show {MISSING}")
         except Exception as exc:  # noqa: BLE001 - any failure means "no degrees", never a crash
             warn(f"training degrees for {name!r} are not in the records and the dataset cannot be "
                  f"loaded ({type(exc).__name__}: {exc}); sparsity buckets show {MISSING}")
-            _DATASETS[name] = None
-    return _DATASETS[name]
+            _DATASETS[key] = None
+    return _DATASETS[key]
+
+
+def dataset_keys(refs: list[records.DatasetRef]) -> dict[tuple[str, str], str]:
+    """A label per (name, fingerprint): the plain name when only one dataset of that name is
+    present, else `name [fingerprint prefix]`, so two different datasets are never pooled."""
+    by_name: dict[str, set[str]] = {}
+    for ref in refs:
+        by_name.setdefault(ref.name, set()).add(ref.fingerprint)
+    return {ref.key: ref.name if len(by_name[ref.name]) == 1 else f"{ref.name} [{ref.fingerprint[:8]}]"
+            for ref in refs}
 
 
 class RunSet:
-    """Completed runs grouped as {dataset: {model: [runs sorted by seed]}}.
+    """Completed runs grouped as {dataset: {model: [runs sorted by seed]}}, where a dataset is a
+    (name, content fingerprint) pair: a modified copy of a dataset is never pooled with the original.
 
-    When a (dataset, model) has runs with different configs (e.g. a smoke and a full budget), only
-    the config of its most recent run is kept, so seeds are never pooled across configs; when a
-    seed was run twice under that config, the most recent run wins. Both cases are warned about.
+    When a (dataset, model) has runs with different configurations (config and budget, e.g. a
+    smoke and a full budget), only the configuration of its most recent run is kept, so seeds are
+    never pooled across configurations; when a seed was run twice under it, the most recent run
+    wins. Both cases are warned about. Runs on data of unknown fingerprint (schema-1 records whose
+    data could not be matched) are shown but never ranked (`rankable`).
     """
 
     def __init__(self, runs: list[Run]):
+        keys = dataset_keys([r.record.dataset for r in runs])
         grouped: dict[str, dict[str, list[Run]]] = {}
+        self.known: dict[str, bool] = {}
         for r in runs:
+            r.dataset = keys[r.record.dataset.key]
             grouped.setdefault(r.dataset, {}).setdefault(r.model, []).append(r)
+            self.known[r.dataset] = r.record.dataset.known
         self.groups: dict[str, dict[str, list[Run]]] = {}
         for ds, models in grouped.items():
             for model, rs in models.items():
                 self.groups.setdefault(ds, {})[model] = self._select(ds, model, rs)
 
     @staticmethod
-    def _select(ds: str, model: str, rs: list[Run]) -> list[Run]:
-        rs = sorted(rs, key=lambda r: str(r.record.get("created", "")))
-        chosen_hash = rs[-1].record.get("config_hash")
-        kept = [r for r in rs if r.record.get("config_hash") == chosen_hash]
+    def _configuration(r: Run) -> tuple[str, str]:
+        return (r.record.config_hash, r.record.budget)
+
+    @classmethod
+    def _select(cls, ds: str, model: str, rs: list[Run]) -> list[Run]:
+        rs = sorted(rs, key=lambda r: r.record.created)
+        chosen = cls._configuration(rs[-1])
+        kept = [r for r in rs if cls._configuration(r) == chosen]
         if len(kept) < len(rs):
-            warn(f"{ds}/{model}: runs with {len({r.record.get('config_hash') for r in rs})} different "
-                 f"configs; using config {chosen_hash} (its most recent run), ignoring {len(rs) - len(kept)} run(s)")
+            warn(f"{ds}/{model}: runs with {len({cls._configuration(r) for r in rs})} different "
+                 f"configurations; using config {chosen[0]} ({chosen[1]} budget, its most recent run), "
+                 f"ignoring {len(rs) - len(kept)} run(s)")
         by_seed: dict[int, Run] = {}
         for r in kept:  # sorted by creation: later runs of a seed replace earlier ones
             if r.seed in by_seed:
@@ -152,9 +182,13 @@ class RunSet:
             by_seed[r.seed] = r
         return [by_seed[s] for s in sorted(by_seed)]
 
+    def rankable(self, dataset: str) -> bool:
+        """May runs on `dataset` be ranked (bold, p-values, Improv.)? Not when its data is unknown."""
+        return self.known.get(dataset, False)
+
     def datasets(self) -> list[str]:
-        known = [d for d in DATASET_ORDER if d in self.groups]
-        return known + sorted(d for d in self.groups if d not in DATASET_ORDER)
+        order = {name: i for i, name in enumerate(DATASET_ORDER)}
+        return sorted(self.groups, key=lambda d: (order.get(d.split(" [")[0], len(order)), d))
 
     def models(self, dataset: str) -> list[str]:
         return sorted(self.groups.get(dataset, {}))
@@ -207,12 +241,9 @@ def load_runs(results: str | Path) -> RunSet:
     runs: list[Run] = []
     for folder in records.find_records(root):
         try:
-            rec = records.read_record(folder)
-            rec["dataset"]["name"], rec["model"], rec["seed"]  # noqa: B018 - required keys
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warn(f"{folder}: unreadable run record ({type(exc).__name__}: {exc}); skipped")
-            continue
-        runs.append(Run(folder, rec))
+            runs.append(Run(folder, records.read_record(folder)))
+        except MMBenchError as exc:
+            warn(f"{exc}; skipped")
     if not runs:
         raise ReportError(f"--results {root}: no run records (record.json) found")
     return RunSet(runs)
@@ -443,7 +474,10 @@ def correct(comparisons: list[Comparison]) -> None:
 
 def per_user_test(rs: RunSet, dataset: str, a: str | None, b: str | None, metric: str, test: str,
                   users: np.ndarray | None = None) -> stats.PairedResult | None:
-    """Per-user paired test of model a vs b (per-user means over seeds), optionally on a user subset."""
+    """Per-user paired test of model a vs b (per-user means over seeds), optionally on a user subset;
+    None when either side is missing or the dataset may not be ranked."""
+    if not rs.rankable(dataset):
+        return None
     pa, pb = rs.per_user(dataset, a, metric), rs.per_user(dataset, b, metric)
     if pa is None or pb is None:
         return None

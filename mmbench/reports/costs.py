@@ -9,15 +9,16 @@ from mmbench import stats
 from mmbench.reports.common import Block, Cell, RunSet, Table, dataset_label, fmt_value, write_table
 from mmbench.reports.table4 import model_label
 
-COLUMNS = [  # (column, how to read it from a record, digits)
+COLUMNS = [  # (column, how to read it from a RunRecord, digits)
     ("seeds", None, 0),
-    ("s/epoch (train)", lambda r: r["timings"].get("train_seconds_per_epoch"), 2),
-    ("s/validation", lambda r: r["timings"].get("eval_seconds_per_validation"), 2),
-    ("epochs run", lambda r: r["timings"].get("epochs_run"), 1),
-    ("best epoch", lambda r: r.get("best_epoch"), 1),
-    ("test s", lambda r: r["timings"].get("test_seconds"), 2),
-    ("total s", lambda r: r["timings"].get("total_seconds"), 1),
-    ("peak MB", lambda r: r.get("peak_memory_mb"), 0),
+    ("threads", None, 0),  # timings compare only at equal thread counts
+    ("s/epoch (train)", lambda r: r.timings.get("train_seconds_per_epoch"), 2),
+    ("s/validation", lambda r: r.timings.get("eval_seconds_per_validation"), 2),
+    ("epochs run", lambda r: r.timings.get("epochs_run"), 1),
+    ("best epoch", lambda r: r.best_epoch, 1),
+    ("test s", lambda r: r.timings.get("test_seconds"), 2),
+    ("total s", lambda r: r.timings.get("total_seconds"), 1),
+    ("peak MB", lambda r: r.peak_memory_mb, 0),
     ("device", None, 0),
 ]
 
@@ -39,8 +40,10 @@ def build(rs: RunSet) -> Table:
             for name, fn, digits in COLUMNS:
                 if name == "seeds":
                     cells.append(Cell(",".join(str(r.seed) for r in runs)))
+                elif name == "threads":
+                    cells.append(Cell(",".join(sorted({str(r.record.threads or "?") for r in runs}))))
                 elif name == "device":
-                    cells.append(Cell(",".join(sorted({str(r.record.get("env", {}).get("device", "?"))
+                    cells.append(Cell(",".join(sorted({str(r.record.env.get("device", r.record.device))
                                                        for r in runs}))))
                 else:
                     mean, std, _ = stats.seed_summary(_get(fn, r.record) for r in runs)

@@ -11,16 +11,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mmbench.eval.metrics import RECALL_20
 from mmbench.reports.common import RunSet, dataset_label, metric_label  # noqa: E402
 from mmbench.reports.table4 import model_label  # noqa: E402
 
-METRIC = "recall@20"
+METRIC = RECALL_20
 
 
 def curve(run, metric: str = METRIC) -> dict[int, float]:
     """{epoch: valid metric} from a record's history (validation epochs only)."""
     out = {}
-    for h in run.record.get("history") or []:
+    for h in run.record.history:
         v = (h.get("valid") or {}).get(metric)
         if v is not None and "epoch" in h:
             out[int(h["epoch"])] = float(v)

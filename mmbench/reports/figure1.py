@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mmbench.eval.metrics import NDCG_20, RECALL_20
 from mmbench import stats  # noqa: E402
 from mmbench.reports.common import RunSet, dataset_label, metric_label  # noqa: E402
 from mmbench.reports.table4 import (bucket_means, bucket_view, model_label,  # noqa: E402
@@ -63,7 +64,7 @@ def choose_baseline(rs: RunSet, ds: str, models: list[str], reference: str) -> s
         cands = [m for m in rs.models(ds) if m != reference]
     if not cands:
         return None
-    return max(cands, key=lambda m: np.nan_to_num(rs.summary(ds, m, "recall@20")[0], nan=-1.0))
+    return max(cands, key=lambda m: np.nan_to_num(rs.summary(ds, m, RECALL_20)[0], nan=-1.0))
 
 
 def _panel_users(ax, rs, ds, spec, models, metric):
@@ -130,7 +131,7 @@ def _panel_items(ax, rs, ds, model, item_deg, tag):
 
 def write(rs: RunSet, out: Path, spec: str = "quantile:5", reference: str = "mmssl",
           compare: list[str] | None = None, dataset: str | None = None, baseline: str | None = None,
-          metric: str = "ndcg@20") -> list[Path]:
+          metric: str = NDCG_20) -> list[Path]:
     stats.parse_buckets(spec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmbench.eval.metrics import NDCG_20, PRECISION_20, RECALL_20
 from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Table, correct,
                                     dataset_label, family_note, fmt_p, fmt_pct, fmt_value,
                                     mark_best, metric_label, per_user_test, write_table)
@@ -29,7 +30,7 @@ EXTRA_ROWS: list[tuple[str, str]] = [
     ("LightGCN (RecBole)", "recbole-lightgcn"),
 ]
 ABLATIONS = ("mmssl-wo-asl", "mmssl-wo-cl", "mmssl-wo-gt", "mmssl-rp-gae")  # Table 3's rows
-METRICS = ("recall@20", "precision@20", "ndcg@20")
+METRICS = (RECALL_20, PRECISION_20, NDCG_20)
 PAPER_FILE = "paper_table2.csv"
 
 
@@ -85,7 +86,7 @@ def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_refer
 
     main_cells = [model_cells(lab, m, True) for lab, m in main]
     for j, (ds, kind, m) in enumerate(columns):
-        if kind == "ours":
+        if kind == "ours" and rs.rankable(ds):
             mark_best([row[j] for row in main_cells], [rs.summary(ds, mdl, m)[0] for _, mdl in main])
     for (lab, _), cells in zip(main, main_cells):
         block.add(lab, cells)
@@ -102,7 +103,7 @@ def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_refer
             means = {b: v for b, v in means.items() if np.isfinite(v)}
             best = max(means, key=lambda b: (means[b], -baselines.index(b))) if means else None
             best_of[(ds, m)] = best
-            if best is None or not rs.runs(ds, reference):
+            if best is None or not rs.runs(ds, reference) or not rs.rankable(ds):
                 continue
             comps[("user", ds, m)] = Comparison(("user", ds, m), per_user_test(rs, ds, reference, best, m, test))
             sa, sb = rs.by_seed(ds, reference, m), rs.by_seed(ds, best, m)
@@ -131,7 +132,7 @@ def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_refer
     def improv(ds, m):
         best = best_of[(ds, m)]
         a, b = rs.summary(ds, reference, m)[0], rs.summary(ds, best, m)[0]
-        return fmt_pct((a - b) / b) if best and np.isfinite(a) and b else MISSING
+        return fmt_pct((a - b) / b) if best and rs.rankable(ds) and np.isfinite(a) and b else MISSING
 
     def paper_val(row, scale=1.0, fmt=fmt_p):
         def f(ds, m):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmbench.eval.metrics import NDCG_20, RECALL_20
 from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Table, correct,
                                     dataset_label, family_note, fmt_p, fmt_value, mark_best,
                                     metric_label, per_user_test, write_table)
@@ -15,7 +16,7 @@ ROWS: list[tuple[str, str]] = [
     ("w/o-ASL", "mmssl-wo-asl"), ("w/o-CL", "mmssl-wo-cl"), ("w/o-GT", "mmssl-wo-gt"),
     ("r/p-GAE", "mmssl-rp-gae"), ("MMSSL", "mmssl"),
 ]
-METRICS = ("recall@20", "ndcg@20")
+METRICS = (RECALL_20, NDCG_20)
 
 
 def build(rs: RunSet, test: str = "ttest", full: str = "mmssl") -> Table:
@@ -26,7 +27,8 @@ def build(rs: RunSet, test: str = "ttest", full: str = "mmssl") -> Table:
                   [metric_label(m) for _, m in columns])
     cells = [[Cell(fmt_value(*rs.summary(ds, model, m)[:2])) for ds, m in columns] for _, model in rows]
     for j, (ds, m) in enumerate(columns):
-        mark_best([r[j] for r in cells], [rs.summary(ds, model, m)[0] for _, model in rows])
+        if rs.rankable(ds):
+            mark_best([r[j] for r in cells], [rs.summary(ds, model, m)[0] for _, model in rows])
     for (lab, _), c in zip(rows, cells):
         block.add(lab, c)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmbench.eval.metrics import NDCG_20
 from mmbench import stats
 from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Table, correct,
                                     dataset_label, family_note, fmt_int, fmt_p, fmt_pct, fmt_value,
@@ -15,7 +16,7 @@ from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Ta
 from mmbench.reports.table2 import ABLATIONS, EXTRA_ROWS, PAPER_ROWS
 
 PAPER_COMPARE = ("vbpr", "mmgcn", "lattice", "slmrec")  # the paper's Table 4 rows
-METRIC = "ndcg@20"
+METRIC = NDCG_20
 
 
 def model_label(model: str) -> str:

@@ -1,5 +1,9 @@
 """The training loop: epochs, valid-only early stopping, in-memory best state, one test pass.
 
+One loop for every model, RecBole adapters included (they plug in through the same hooks), so every
+run checkpoints and resumes: parameters, `extra_state()`, optimisers, the sampler's state and the
+global torch (and CUDA) and numpy RNGs, saved after an epoch and restored before the next.
+
 Leakage-proof by construction: the loop runs on a copy of the dataset whose test split is EMPTY, and
 the model itself only ever sees `train_view()`. The test split is evaluated exactly once, after the
 loop, with the best-valid state.
@@ -14,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
 from mmbench.atomic import atomic_write
 from mmbench.data.dataset import Dataset
 from mmbench.eval import EvalResult, evaluate
+from mmbench.train.determinism import seed_everything  # noqa: F401  (re-exported)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -55,21 +59,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def without_test(data: Dataset) -> Dataset:
-    """The dataset as the training phase may see it: test labels removed."""
-    empty = sp.csr_matrix(data.test.shape, dtype=np.float32)
-    return Dataset(
-        data.name, data.n_users, data.n_items, data.train, data.valid, empty,
-        data.features, data.checksums, data.meta, data.user_tokens, data.item_tokens,
-    )
+    """The dataset as the training phase may see it: test labels removed (a new frozen Dataset)."""
+    return data.without_test()
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -162,8 +154,6 @@ class Trainer:
     def fit(self) -> TrainResult:
         t_start = time.perf_counter()
         reset_peak_memory(self.device)
-        if getattr(self.model, "brings_own_loop", False):
-            return self._fit_own_loop(t_start)
         cfg = self.cfg
         seed_everything(self.seed)
         sampler = self.model.make_sampler(self.data.train, cfg.batch_size, self.seed)
@@ -180,7 +170,9 @@ class Trainer:
             for opt, st in zip(optimizers, resumed["optimizers"]):
                 opt.load_state_dict(st)
             sampler.load_state_dict(resumed["sampler"])
-            torch.set_rng_state(resumed["torch_rng"])
+            torch.set_rng_state(resumed["torch_rng"].cpu())  # loaded with map_location=device
+            if resumed.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(resumed["cuda_rng"].cpu(), self.device)
             np.random.set_state(resumed["np_rng"])
             history, valid_hits, valid_epochs = resumed["history"], resumed["valid_hits"], resumed["valid_epochs"]
             best, bad_evals, start_epoch = resumed["best"], resumed["bad_evals"], resumed["epoch"] + 1
@@ -234,6 +226,7 @@ class Trainer:
                     "epoch": epoch, "model": self.model.state_dict(), "extra": self.model.extra_state(),
                     "optimizers": [o.state_dict() for o in optimizers], "sampler": sampler.state_dict(),
                     "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                     "history": history, "valid_hits": valid_hits, "valid_epochs": valid_epochs,
                     "best": best, "bad_evals": bad_evals, "stopped": stopped,
                 })
@@ -267,21 +260,3 @@ class Trainer:
         hits = np.stack(valid_hits) if valid_hits else np.zeros((0, self.data.n_items), np.int32)
         return TrainResult(history, int(best["epoch"]), dict(best["valid"]), test, hits, valid_counts,
                            list(valid_epochs), timings, peak_memory_mb(self.device))
-
-    def _fit_own_loop(self, t_start: float) -> TrainResult:
-        """RecBole adapters: the model trains itself; we hand it OUR valid metric, never test."""
-        seed_everything(self.seed)
-        valid_hits: list[np.ndarray] = []
-        valid_epochs: list[int] = []
-
-        def valid_metrics(scorer) -> dict[str, float]:
-            res = evaluate(scorer, self.data, split="valid", ks=self.ks, mask="train",
-                           chunk_size=self.cfg.eval_chunk_size)
-            valid_hits.append(res.item_hits[self.hit_k].astype(np.int32))
-            valid_epochs.append(len(valid_epochs) + 1)
-            return res.mean
-
-        out = self.model.fit(valid_metrics, progress=self.progress)
-        history = out["history"]
-        best = {"epoch": out["best_epoch"], "valid": out["best_valid"], "state": self._snapshot()}
-        return self._finish(history, best, valid_hits, self.validate_counts(), valid_epochs, t_start)
