@@ -2,7 +2,7 @@
 stopping, test once).
 
 `full` is the models' own settings; `quick` and `smoke` cap epochs and patience (heavy models —
-MMSSL, SGL, NCL: tens of seconds per epoch on a laptop even on ML-100K — get a smaller `quick` cap).
+MMSSL, SGL, NCL: tens of seconds per epoch on a laptop even on ML-100K — get 1 epoch under both).
 A run whose `--set`/`--config` changed `epochs` or `patience` is labelled `custom`: its numbers are
 neither a full result nor one of the named smoke checks. The label is part of a run's identity.
 """
@@ -17,7 +17,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 10, "patience": 3},
     "smoke": {"epochs": 2, "patience": 1},
 }
-HEAVY_BUDGETS: dict[str, dict[str, Any]] = {"quick": {"epochs": 1, "patience": 1}}
+HEAVY_BUDGETS: dict[str, dict[str, Any]] = {"quick": {"epochs": 1, "patience": 1},
+                                             "smoke": {"epochs": 1, "patience": 1}}
 CUSTOM = "custom"
 CAPPED_KEYS = ("epochs", "patience")
 

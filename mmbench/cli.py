@@ -51,7 +51,8 @@ def _add_run(sub) -> None:
                    help="intra-op torch threads per run. With 1 (the default) a rerun gives byte-identical "
                         "results; the count is part of each run's identity. Run several runs side by side "
                         "for parallelism; use --threads 2 for a single long run on an otherwise idle machine")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars: one line per epoch instead (what a redirected log gets anyway)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first model that crashes")
     p.set_defaults(func=cmd_run)
 
@@ -81,7 +82,8 @@ def cmd_run(args) -> int:
           f"data {data.fingerprint[:12]}) on {device}, {args.threads} thread(s) per run, "
           f"budget {args.budget}", file=sys.stderr)
     outcomes = run_all(models, data, seeds, device, Path(args.results), args.budget, args.config,
-                       args.set_items, progress=not args.no_progress, fail_fast=args.fail_fast,
+                       args.set_items, progress="lines" if args.no_progress else "auto",
+                       fail_fast=args.fail_fast,
                        threads=args.threads)
     print(summary_table(outcomes))
     failed = [o for o in outcomes if o.status == "failed"]

@@ -123,7 +123,7 @@ def check_model_fits_data(name: str, cfg: Config, data: Dataset) -> Dataset:
 
 
 def train_one(name: str, data: Dataset, cfg: Config, seed: int, device, folder: Path | None,
-              progress: bool = True, budget: str = "full", threads: int = DEFAULT_THREADS
+              progress: bool | str = True, budget: str = "full", threads: int = DEFAULT_THREADS
               ) -> records.RunRecord:
     """Build, train and test one model with `threads` intra-op torch threads; write its record
     into `folder` (if given)."""
@@ -193,7 +193,7 @@ def checkpoint_epoch(folder: Path) -> int | None:
 
 def run_all(models: list[str], data: Dataset, seeds: list[int], device, results: Path,
             budget: str = "full", config_file: str | None = None, set_items: list[str] | None = None,
-            progress: bool = True, fail_fast: bool = False, threads: int = DEFAULT_THREADS
+            progress: bool | str = True, fail_fast: bool = False, threads: int = DEFAULT_THREADS
             ) -> list[RunOutcome]:
     """Train every model × seed (one after another, each with `threads` torch threads); say per
     run whether it was trained, resumed (from which epoch) or skipped as complete."""

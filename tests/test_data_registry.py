@@ -109,7 +109,9 @@ def test_directory_precedence(tmp_path, monkeypatch):
     assert registry.data_dir(tmp_path / "flag") == tmp_path / "flag"
     assert registry.cache_dir() == tmp_path / "cache"
     monkeypatch.delenv("MMBENCH_CACHE_DIR")
-    assert registry.cache_dir() == registry.cards_dir() / ".cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert registry.cache_dir() == tmp_path / "xdg" / "mmbench"  # the user's cache dir, never the checkout
+    assert registry.cards_dir() not in registry.cache_dir().parents
 
 
 # ---------------------------------------------------------------- loading a card

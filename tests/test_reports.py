@@ -37,12 +37,16 @@ def dataset_facts(di: int, n_users: int, n_items: int):
     return user_deg.astype(np.int64), item_deg.astype(np.int64), test_users.astype(np.int64), valid_counts
 
 
-def make_results(root: Path, models=QUALITY, datasets=DATASETS, seeds=SEEDS, with_degrees=True) -> Path:
+def make_results(root: Path, models=QUALITY, datasets=DATASETS, seeds=SEEDS, with_degrees=True,
+                 budget="full", config="h-{model}", created="2024-01-01", noise=0, protocol=None) -> Path:
+    """Synthetic records under root/runs: `config` names each model's config_hash, `created` the
+    day its runs were made, `noise` shifts the random values (another run of the same models)."""
     for di, (ds, (n_users, n_items)) in enumerate(datasets.items()):
         user_deg, item_deg, users, valid_counts = dataset_facts(di, n_users, n_items)
         for mi, (model, q) in enumerate(models.items()):
+            config_hash = config.format(model=model)
             for seed in seeds:
-                rng = np.random.default_rng(1000 * di + 10 * mi + seed)
+                rng = np.random.default_rng(1000 * di + 10 * mi + seed + 100_000 * noise)
                 base = q * (0.5 + 0.5 * np.log1p(user_deg[users]) / np.log(40.0))
                 arrays = {"test_users": users}
                 test = {}
@@ -66,15 +70,16 @@ def make_results(root: Path, models=QUALITY, datasets=DATASETS, seeds=SEEDS, wit
                             "eval_seconds": 0.5} for e in range(1, n_val + 1)]
                 record = records.RunRecord(
                     model=model, dataset=records.DatasetRef(name=ds, fingerprint=f"fp-{ds}"),
-                    config={}, config_hash=f"h-{model}", seed=seed, budget="full", threads=1, device="cpu",
-                    run_id=f"h-{model}-seed{seed}", protocol={}, env={"device": "cpu"},
+                    config={}, config_hash=config_hash, seed=seed, budget=budget, threads=1, device="cpu",
+                    run_id=f"{config_hash}-{budget}-seed{seed}", protocol=dict(protocol or {}), env={"device": "cpu"},
                     history=history, best_epoch=n_val, valid=history[-1]["valid"], test=test,
                     n_test_users=len(users),
                     timings={"train_seconds_per_epoch": q * 10 + seed, "eval_seconds_per_validation": 0.5,
                              "test_seconds": 0.25 * seed, "total_seconds": 100 * q + seed, "epochs_run": n_val},
-                    peak_memory_mb=500 + 10 * seed, created=f"2024-01-01T00:00:{seed:02d}+00:00",
+                    peak_memory_mb=500 + 10 * seed, created=f"{created}T00:00:{seed:02d}+00:00",
                 )
-                records.write_record(records.run_dir(root, ds, model, f"h-{model}-seed{seed}"), record, arrays)
+                records.write_record(records.run_dir(root, ds, model, record.run_id, record.dataset.fingerprint),
+                                     record, arrays)
     return root
 
 
@@ -89,17 +94,18 @@ def rs(results):
 
 
 # --------------------------------------------------------------------------- expected values
-def seed_values(results: Path, ds: str, model: str, metric: str) -> list[float]:
+def seed_values(results: Path, ds: str, model: str, metric: str, budget="full", config=None) -> list[float]:
     vals = []
     for f in records.find_records(results):
         r = records.read_record(f)
-        if r.dataset.name == ds and r.model == model:
+        if (r.dataset.name == ds and r.model == model and r.budget == budget
+                and config in (None, r.config_hash)):
             vals.append(r.test[metric])
     return vals
 
 
-def expected_cell(results, ds, model, metric) -> str:
-    v = seed_values(results, ds, model, metric)
+def expected_cell(results, ds, model, metric, budget="full", config=None) -> str:
+    v = seed_values(results, ds, model, metric, budget, config)
     if not v:
         return "–"
     return f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
@@ -147,10 +153,12 @@ def parse_md(path: Path) -> dict:
 
 
 def parse_csv(path: Path) -> dict:
+    """Like parse_md; the CSV's empty (missing) values read back as the Markdown's '–'."""
     with open(path, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and list(rows[0]) == common.CSV_COLUMNS
-    return {(r["block"], r["row"], " ".join(x for x in (r["group"], r["column"]) if x)): (r["value"], r["mark"])
+    assert not any(r["value"] == "–" for r in rows)  # a missing value is an empty field
+    return {(r["block"], r["row"], " ".join(x for x in (r["group"], r["column"]) if x)): (r["value"] or "–", r["mark"])
             for r in rows}
 
 
@@ -468,3 +476,169 @@ def test_runs_on_unknown_data_are_shown_but_never_ranked(tmp_path):
     assert not any(c.mark for c in cells)  # no bold, no underline
     assert common.per_user_test(rs, "toyset", "mmssl", "lightgcn", "recall@20", "ttest") is None
     assert any(c.text != "–" for c in cells)  # the values themselves are shown
+
+
+# --------------------------------------------------------------------------- budgets, configurations, defaults
+TWO = {"mmssl": 0.30, "lattice": 0.25, "mmssl-wo-cl": 0.27}
+ONE_DS = {"toyset": (150, 60)}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """Full runs of three models, then NEWER quick runs of the same models with other values."""
+    root = tmp_path_factory.mktemp("mixed")
+    make_results(root, models=TWO, datasets=ONE_DS)
+    return make_results(root, models=TWO, datasets=ONE_DS, budget="quick", config="q-{model}",
+                        created="2025-06-01", noise=1)
+
+
+def marks(md: dict) -> set:
+    return {mark for _, mark in md.values()}
+
+
+def test_full_and_quick_runs_give_one_ranked_and_one_smoke_table(mixed, tmp_path):
+    out = tmp_path / "out"
+    assert cli_main(["report", "all", "--results", str(mixed), "--out", str(out), "--buckets", "0,1,3,10"]) == 0
+    full = assert_same_cells(out, "table2")
+    assert full[("", "MMSSL", "toyset R@20")][1] == "best"
+    assert full[("", "p-value (per-user, raw)", "toyset R@20")][0] != "–"
+    assert full[("", "Improv.", "toyset R@20")][0] != "–"
+    quick = assert_same_cells(out, "table2-quick")
+    assert marks(quick) == {""}
+    assert not {row for _, row, _ in quick} & {"Best baseline", "Improv.", "p-value (per-user, raw)"}
+    for model, row in (("mmssl", "MMSSL"), ("lattice", "LATTICE")):
+        assert quick[("", row, "toyset R@20")][0] == expected_cell(mixed, "toyset", model, "recall@20", "quick")
+    text = (out / "table2-quick.md").read_text(encoding="utf-8")
+    assert text.startswith("# Table 2: performance comparison — quick budget: smoke check, not a comparison")
+    assert "Budget: quick" in text and "Seeds: 1, 2." in text and "toyset fp-toyset" in text
+    assert "Budget: full" in (out / "table2.md").read_text(encoding="utf-8")
+    assert r"\caption{Smoke check (quick budget), not a comparison" in (out / "table2-quick.tex").read_text(encoding="utf-8")
+    assert {r["budget"] for r in csv.DictReader(open(out / "table2-quick.csv", encoding="utf-8"))} == {"quick"}
+    # the other artefacts split the same way; the quick ones carry no marks, p-values or improvements
+    t3 = assert_same_cells(out, "table3-quick")
+    assert marks(t3) == {""} and not any(row.startswith("p ") for _, row, _ in t3)
+    assert marks(assert_same_cells(out, "table3")) >= {"best"}
+    t4 = assert_same_cells(out, "table4-quick")
+    assert not any(row.startswith("p ") for _, row, _ in t4)
+    assert not any("↑" in text or "↓" in text for text, _ in t4.values())
+    assert any("↑" in text or "↓" in text for text, _ in assert_same_cells(out, "table4").values())
+    for name in ("figure1.png", "figure1-quick.png", "curves.png", "curves-quick.png", "costs.md",
+                 "costs-quick.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert "Costs — quick budget: smoke check" in (out / "costs-quick.md").read_text(encoding="utf-8")
+
+    only = tmp_path / "only"  # --budget picks one budget's files
+    assert cli_main(["report", "table2", "--results", str(mixed), "--out", str(only), "--budget", "quick"]) == 0
+    assert sorted(p.name for p in only.iterdir()) == ["table2-quick.csv", "table2-quick.md", "table2-quick.tex"]
+    assert cli_main(["report", "table2", "--results", str(mixed), "--out", str(only), "--budget", "smoke"]) == 2
+
+
+def test_a_newer_quick_run_never_displaces_a_full_run(mixed, tmp_path):
+    sets = common.load_budgets(mixed)
+    assert list(sets) == ["full", "quick"]
+    assert {r.record.budget for ds in sets["full"].datasets() for m in sets["full"].models(ds)
+            for r in sets["full"].runs(ds, m)} == {"full"}
+    table2.write(sets["full"], tmp_path)
+    md = parse_md(tmp_path / "table2.md")
+    for model, row in (("mmssl", "MMSSL"), ("lattice", "LATTICE")):
+        assert md[("", row, "toyset R@20")][0] == expected_cell(mixed, "toyset", model, "recall@20", "full")
+        assert md[("", row, "toyset R@20")][0] != expected_cell(mixed, "toyset", model, "recall@20", "quick")
+    assert not sets["full"].choices  # one configuration per budget: no choice was made
+    mixed_set = common.load_runs(mixed)  # every budget in one set (`check`'s view) is never ranked
+    assert mixed_set.budget is None and not mixed_set.rankable("toyset")
+    with pytest.raises(ValueError):
+        common.RunSet(common.read_runs(mixed), "full")
+
+
+@pytest.fixture(scope="module")
+def two_configs(tmp_path_factory) -> Path:
+    """mmssl ran with config h-old-mmssl, then (newer) with h-new-mmssl; lattice with one config."""
+    root = tmp_path_factory.mktemp("configs")
+    make_results(root, models={"mmssl": 0.3, "lattice": 0.25}, datasets=ONE_DS, config="h-old-{model}")
+    return make_results(root, models={"mmssl": 0.2}, datasets=ONE_DS, config="h-new-{model}",
+                        created="2024-02-01", noise=2)
+
+
+def test_two_configurations_are_never_averaged(two_configs, tmp_path, capsys):
+    out = tmp_path / "newest"
+    assert cli_main(["report", "table2", "--results", str(two_configs), "--out", str(out)]) == 0
+    md = parse_md(out / "table2.md")
+    new = expected_cell(two_configs, "toyset", "mmssl", "recall@20", config="h-new-mmssl")
+    old = expected_cell(two_configs, "toyset", "mmssl", "recall@20", config="h-old-mmssl")
+    assert md[("", "MMSSL", "toyset R@20")][0] == new != old
+    assert md[("", "LATTICE", "toyset R@20")][1] == "best"  # the newest mmssl config is the worse one
+    text = (out / "table2.md").read_text(encoding="utf-8")
+    assert "toyset/mmssl: h-new-mmssl (newest; not used: h-old-mmssl)" in text
+    assert "lattice: h-old" not in text  # a model with one configuration needs no footnote
+    assert "different configurations" in capsys.readouterr().err
+
+    out = tmp_path / "chosen"
+    assert cli_main(["report", "table2", "--results", str(two_configs), "--out", str(out),
+                     "--config-of", "mmssl=h-old"]) == 0
+    md = parse_md(out / "table2.md")
+    assert md[("", "MMSSL", "toyset R@20")] == (old, "best")
+    assert "toyset/mmssl: h-old-mmssl (--config-of; not used: h-new-mmssl)" in (out / "table2.md").read_text(encoding="utf-8")
+
+    for bad, says in ((["--config-of", "vbpr=abc"], "no run of model 'vbpr'"),
+                      (["--config-of", "mmssl=zzz"], "matches none of its configurations"),
+                      (["--config-of", "mmssl=h-"], "matches 2 configurations"),
+                      (["--config-of", "mmssl"], "expects MODEL=HASH")):
+        capsys.readouterr()
+        assert cli_main(["report", "table2", "--results", str(two_configs), "--out", str(tmp_path / "bad")] + bad) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_csv_missing_values_are_empty(results, rs, tmp_path):
+    table2.write(rs, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "table2.csv", encoding="utf-8")))
+    hccf = [r for r in rows if r["row"] == "HCCF"]
+    assert hccf and all(r["value"] == "" for r in hccf)
+    assert all(r["budget"] == "full" for r in rows)
+    assert "| HCCF | – |" in (tmp_path / "table2.md").read_text(encoding="utf-8")
+    assert "HCCF & -- &" in (tmp_path / "table2.tex").read_text(encoding="utf-8")
+
+
+def test_runs_under_another_protocol_are_their_own_group(tmp_path):
+    res = make_results(tmp_path / "res", models={"mmssl": 0.3, "lattice": 0.2}, seeds=(1,), datasets=ONE_DS,
+                       protocol={"mask": "train"})
+    make_results(res, models={"mmssl": 0.3}, seeds=(1,), datasets=ONE_DS, protocol={"mask": "train+valid"},
+                 config="other-{model}")
+    rs = common.load_runs(res, "full")
+    assert rs.datasets() == ["toyset [mask=train+valid]", "toyset [mask=train]"]
+    assert rs.models("toyset [mask=train+valid]") == ["mmssl"] and not rs.choices
+
+
+def test_default_report_writes_only_into_reports_local(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["report", "all"]) == 2  # no results/runs yet: one line saying what to do
+    err = capsys.readouterr().err
+    assert "mmbench run" in err and "--results results/reference" in err and err.count("\n") == 1
+    make_results(tmp_path / "results", models={"mmssl": 0.3, "lattice": 0.2}, seeds=(1,), datasets=ONE_DS)
+    before = {p for p in tmp_path.rglob("*")}
+    assert cli_main(["report", "all"]) == 0
+    written = {p for p in tmp_path.rglob("*")} - before
+    local = tmp_path / "reports" / "local"
+    assert local / "table2.md" in written
+    assert all(p == local.parent or p.is_relative_to(local) for p in written), written
+
+
+def test_report_help_explains_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["report", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("results/runs", "reports/local", "git-ignored", "results/reference", "--budget",
+                  "--config-of", "smoke checks, never ranked"):
+        assert words in text, words
+
+
+def test_figure_panels_of_missing_models_say_no_run(rs):
+    import matplotlib.pyplot as plt
+
+    from mmbench.reports import figure1
+
+    fig, ax = plt.subplots()
+    figure1._panel_items(ax, rs, "baby", "vbpr", rs.item_degree("baby"), "b")
+    assert not ax.axison and [t.get_text() for t in ax.texts] == ["no run of VBPR on Amazon-Baby"]
+    plt.close(fig)

@@ -121,8 +121,10 @@ def test_a_modified_copy_gets_its_own_run_and_is_never_pooled(synthetic, tmp_pat
     assert main(["check", "--results", str(res), "--against", str(ref), "--write", "--dataset", "toyset"]) == 2
     assert "2 different datasets named 'toyset'" in capsys.readouterr().err
     for rec in recs:
-        ref.write_text(json.dumps({"dataset": "toyset", "fingerprint": rec.dataset.fingerprint, "tolerance": 0,
-                                   "expect": {"mf-bpr": {"recall@20": rec.test["recall@20"]}}}))
+        ref.write_text(json.dumps({"dataset": "toyset", "fingerprint": rec.dataset.fingerprint,
+                                   "tolerance": {"recall@20": 0},
+                                   "expect": {"mf-bpr": {"config_hash": rec.config_hash,
+                                                         "metrics": {"recall@20": rec.test["recall@20"]}}}}))
         assert main(["check", "--results", str(res), "--against", str(ref)]) == 0
 
 

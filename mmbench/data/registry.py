@@ -55,9 +55,14 @@ _data_dir = data_dir  # functions below take a `data_dir` argument that shadows 
 
 
 def cache_dir() -> Path:
-    """Parsed-dataset cache: env MMBENCH_CACHE_DIR or `datasets/.cache`; never the (read-only) data dir."""
+    """Parsed-dataset cache: env MMBENCH_CACHE_DIR, else the user's cache directory (platformdirs,
+    e.g. ~/.cache/mmbench on Linux); never the checkout nor the (read-only) data directory."""
     env = os.environ.get("MMBENCH_CACHE_DIR")
-    return Path(env).expanduser() if env else cards_dir() / ".cache"
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("mmbench", appauthor=False))
 
 
 # --------------------------------------------------------------------------- cards

@@ -1,12 +1,18 @@
-"""What every report shares: loading run records, grouping them by dataset/model/seed, and one
-table model rendered to Markdown, LaTeX (booktabs) and CSV from the SAME formatted cells, so the
-three files can never disagree.
+"""What every report shares: loading run records, grouping them by budget, then dataset (name,
+fingerprint, protocol) / model (one configuration) / seed, the notes saying what an artefact was made
+from, and one table model rendered to Markdown, LaTeX (booktabs) and CSV from the SAME formatted
+cells, so the three files can never disagree.
+
+Only what is comparable is compared: each budget gets its own artefacts, and only the full budget's
+are ranked (bold, underline, p-values, improvements); the others are labelled smoke checks.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -128,63 +134,211 @@ def _load_dataset(name: str, fingerprint: str):
     return _DATASETS[key]
 
 
-def dataset_keys(refs: list[records.DatasetRef]) -> dict[tuple[str, str], str]:
-    """A label per (name, fingerprint): the plain name when only one dataset of that name is
-    present, else `name [fingerprint prefix]`, so two different datasets are never pooled."""
-    by_name: dict[str, set[str]] = {}
-    for ref in refs:
-        by_name.setdefault(ref.name, set()).add(ref.fingerprint)
-    return {ref.key: ref.name if len(by_name[ref.name]) == 1 else f"{ref.name} [{ref.fingerprint[:8]}]"
-            for ref in refs}
+FULL = "full"
+MIXED = "mixed"  # a RunSet over several budgets (`load_runs` without one); never ranked
+
+
+def artefact_name(base: str, budget: str | None) -> str:
+    """`table2` for the full budget, `table2-quick` etc. otherwise: a smoke check never takes the
+    name (or the place in a paper) of a result."""
+    return base if budget == FULL else f"{base}-{budget or MIXED}"
+
+
+def artefact_title(title: str, budget: str | None) -> str:
+    if budget == FULL:
+        return f"{title} (full budget)"
+    return f"{title} — {budget or MIXED} budget: smoke check, not a comparison"
+
+
+def budget_text(budget: str | None) -> str:
+    """What a budget did to the runs, from the budget table itself."""
+    from mmbench.budget import BUDGETS, HEAVY_BUDGETS
+
+    def caps(c: dict) -> str:
+        return ", ".join(f"{k} ≤ {v}" if k == "epochs" else f"{k} {v}" for k, v in c.items())
+
+    if budget == FULL:
+        return "full (the models' own epoch caps, to early stopping on valid)"
+    if budget in BUDGETS:
+        heavy = HEAVY_BUDGETS.get(budget)
+        return f"{budget} ({caps(BUDGETS[budget])}{'; heavy models ' + caps(heavy) if heavy else ''})"
+    if budget == "custom":
+        return "custom (--set/--config changed epochs or patience)"
+    return "several budgets mixed"
+
+
+def _protocol_key(protocol: dict) -> str:
+    return json.dumps(protocol, sort_keys=True, default=str)
+
+
+GroupKey = tuple[str, str, str]  # (dataset name, content fingerprint, protocol as JSON)
+
+
+def group_key(record: records.RunRecord) -> GroupKey:
+    """Runs are comparable only on the same data (name + fingerprint) under the same protocol."""
+    return (record.dataset.name, record.dataset.fingerprint, _protocol_key(record.protocol))
+
+
+def dataset_labels(keys: list[GroupKey]) -> dict[GroupKey, str]:
+    """A label per group: the plain name when it is the only group of that name, else the name with
+    the fingerprint prefix and/or the protocol settings that tell the groups apart."""
+    by_name: dict[str, set[GroupKey]] = {}
+    for k in keys:
+        by_name.setdefault(k[0], set()).add(k)
+    out = {}
+    for k in keys:
+        same = by_name[k[0]]
+        tags = []
+        if len({fp for _, fp, _ in same}) > 1:
+            tags.append(k[1][:8])
+        protocols = [json.loads(p) for p in sorted({p for _, _, p in same})]
+        if len(protocols) > 1:
+            mine = json.loads(k[2])
+            differ = sorted({key for p in protocols for key in p if p.get(key) != mine.get(key)})
+            tags.append(",".join(f"{key}={mine.get(key, MISSING)}" for key in differ))
+        out[k] = k[0] + "".join(f" [{t}]" for t in tags)
+    return out
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The configuration a (dataset, model) cell uses when its model ran with several."""
+
+    config_hash: str
+    others: tuple[str, ...]  # the configurations not used
+    by_option: bool          # chosen by --config-of (else: the newest)
+
+
+def parse_config_of(items: list[str] | None) -> dict[str, list[str]]:
+    """`["mmssl=1a2b", ...]` -> {model: [hash prefixes]}; a malformed item is a ReportError."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        model, sep, prefix = item.partition("=")
+        if not sep or not model.strip() or not prefix.strip():
+            raise ReportError(f"--config-of expects MODEL=HASH (a config_hash or its prefix), got {item!r}")
+        out.setdefault(model.strip(), []).append(prefix.strip())
+    return out
+
+
+def check_config_of(config_of: dict[str, list[str]], runs: list[Run]) -> None:
+    """Every --config-of names a model that ran and a configuration of it that ran."""
+    hashes: dict[str, set[str]] = {}
+    for r in runs:
+        hashes.setdefault(r.model, set()).add(r.record.config_hash)
+    for model, prefixes in config_of.items():
+        if model not in hashes:
+            raise ReportError(f"--config-of {model}=…: no run of model {model!r} in the reported budget(s)")
+        for prefix in prefixes:
+            if not any(h.startswith(prefix) for h in hashes[model]):
+                raise ReportError(f"--config-of {model}={prefix}: matches none of its configurations "
+                                  f"({', '.join(sorted(hashes[model]))})")
 
 
 class RunSet:
-    """Completed runs grouped as {dataset: {model: [runs sorted by seed]}}, where a dataset is a
-    (name, content fingerprint) pair: a modified copy of a dataset is never pooled with the original.
+    """Completed runs of ONE budget grouped as {dataset: {model: [runs sorted by seed]}}, where a
+    dataset is a (name, content fingerprint, protocol) group: a modified copy of a dataset, or the
+    same data under another protocol, is never pooled with (or ranked against) the original.
 
-    When a (dataset, model) has runs with different configurations (config and budget, e.g. a
-    smoke and a full budget), only the configuration of its most recent run is kept, so seeds are
-    never pooled across configurations; when a seed was run twice under it, the most recent run
-    wins. Both cases are warned about. Runs on data of unknown fingerprint (schema-1 records whose
-    data could not be matched) are shown but never ranked (`rankable`).
+    Reports build one RunSet per budget (`load_budgets`), so a full table can never show a quick run.
+    A (dataset, model) cell uses ONE configuration (config_hash): the one `config_of` names (a hash
+    prefix per model), else its newest; the choice is kept in `choices` for the footnotes. When a seed
+    ran twice under it, the most recent run wins. Runs on data of unknown fingerprint (schema-1
+    records whose data could not be matched) are shown but never ranked, and nothing but the full
+    budget is ever ranked (`rankable`). `budget=None` accepts mixed budgets (each cell then uses
+    the newest configuration of any budget), never ranked.
     """
 
-    def __init__(self, runs: list[Run]):
-        keys = dataset_keys([r.record.dataset for r in runs])
+    def __init__(self, runs: list[Run], budget: str | None = None,
+                 config_of: dict[str, list[str]] | None = None):
+        present = {r.record.budget for r in runs}
+        if budget is None and len(present) == 1:
+            budget = present.pop()
+        elif budget is not None and present - {budget}:
+            raise ValueError(f"a {budget} RunSet given runs of budget(s) {sorted(present - {budget})}")
+        self.budget = budget
+        labels = dataset_labels([group_key(r.record) for r in runs])
         grouped: dict[str, dict[str, list[Run]]] = {}
-        self.known: dict[str, bool] = {}
+        self.refs: dict[str, records.DatasetRef] = {}
         for r in runs:
-            r.dataset = keys[r.record.dataset.key]
+            r.dataset = labels[group_key(r.record)]
             grouped.setdefault(r.dataset, {}).setdefault(r.model, []).append(r)
-            self.known[r.dataset] = r.record.dataset.known
+            self.refs[r.dataset] = r.record.dataset
+        self.choices: dict[tuple[str, str], Choice] = {}
         self.groups: dict[str, dict[str, list[Run]]] = {}
         for ds, models in grouped.items():
             for model, rs in models.items():
-                self.groups.setdefault(ds, {})[model] = self._select(ds, model, rs)
+                self.groups.setdefault(ds, {})[model] = self._select(ds, model, rs, (config_of or {}).get(model))
 
     @staticmethod
     def _configuration(r: Run) -> tuple[str, str]:
         return (r.record.config_hash, r.record.budget)
 
-    @classmethod
-    def _select(cls, ds: str, model: str, rs: list[Run]) -> list[Run]:
+    def _select(self, ds: str, model: str, rs: list[Run], prefixes: list[str] | None) -> list[Run]:
         rs = sorted(rs, key=lambda r: r.record.created)
-        chosen = cls._configuration(rs[-1])
-        kept = [r for r in rs if cls._configuration(r) == chosen]
-        if len(kept) < len(rs):
-            warn(f"{ds}/{model}: runs with {len({cls._configuration(r) for r in rs})} different "
-                 f"configurations; using config {chosen[0]} ({chosen[1]} budget, its most recent run), "
-                 f"ignoring {len(rs) - len(kept)} run(s)")
+        configs = list(dict.fromkeys(self._configuration(r) for r in reversed(rs)))  # newest first
+        chosen = configs[0]
+        matches = [c for c in configs if any(c[0].startswith(p) for p in prefixes or ())]
+        if len(matches) > 1:
+            raise ReportError(f"--config-of {model}={','.join(prefixes)}: matches {len(matches)} configurations "
+                              f"on {ds} ({', '.join(c[0] for c in matches)}); give a longer prefix")
+        if matches:
+            chosen = matches[0]
+        elif prefixes:
+            warn(f"{ds}/{model}: --config-of {model}={','.join(prefixes)} matches none of its runs here; "
+                 f"using its newest configuration {chosen[0]}")
+        if len(configs) > 1:
+            self.choices[(ds, model)] = Choice(chosen[0], tuple(c[0] for c in configs if c != chosen),
+                                               bool(matches))
+            warn(f"{ds}/{model}: runs with {len(configs)} different configurations; using config "
+                 f"{chosen[0]} ({chosen[1]} budget, {'--config-of' if matches else 'the newest'}), "
+                 f"never an average across configurations")
         by_seed: dict[int, Run] = {}
-        for r in kept:  # sorted by creation: later runs of a seed replace earlier ones
+        for r in rs:  # sorted by creation: later runs of a seed replace earlier ones
+            if self._configuration(r) != chosen:
+                continue
             if r.seed in by_seed:
                 warn(f"{ds}/{model}: seed {r.seed} ran twice with the same config; using {r.folder}")
             by_seed[r.seed] = r
         return [by_seed[s] for s in sorted(by_seed)]
 
+    @property
+    def ranked(self) -> bool:
+        """Only full-budget runs are results; other budgets are smoke checks, never compared."""
+        return self.budget == FULL
+
     def rankable(self, dataset: str) -> bool:
-        """May runs on `dataset` be ranked (bold, p-values, Improv.)? Not when its data is unknown."""
-        return self.known.get(dataset, False)
+        """May runs on `dataset` be ranked (bold, p-values, Improv.)? Only under the full budget and
+        on known data."""
+        ref = self.refs.get(dataset)
+        return self.ranked and ref is not None and ref.known
+
+    def notes(self, datasets: list[str] | None = None, models=None) -> list[str]:
+        """What an artefact was made from: budget, seeds, data fingerprints, and the configuration
+        of every cell whose model ran with several (restricted to the datasets/models shown)."""
+        datasets = self.datasets() if datasets is None else datasets
+        cells = [(ds, m) for ds in datasets for m in self.models(ds) if models is None or m in models]
+        lines = [f"Budget: {budget_text(self.budget)}."
+                 + ("" if self.ranked else " A smoke check of the pipeline: nothing here is ranked.")]
+        seeds: dict[str, list[str]] = {}
+        for ds, m in cells:
+            seeds.setdefault(", ".join(str(r.seed) for r in self.runs(ds, m)), []).append(
+                f"{dataset_label(ds)}/{m}")
+        if seeds:
+            common_seeds = max(seeds, key=lambda s: len(seeds[s]))
+            others = [f"{', '.join(where)}: {s}" for s, where in seeds.items() if s != common_seeds]
+            lines.append(f"Seeds: {common_seeds}" + (f" (except {'; '.join(others)})." if others else "."))
+        data = [f"{dataset_label(ds)} " + (self.refs[ds].fingerprint[:12] if self.refs[ds].known
+                                           else "unknown (shown, never ranked)")
+                for ds in datasets if ds in self.refs]
+        if data:
+            lines.append("Data (content fingerprint): " + "; ".join(data) + ".")
+        chosen = [(ds, m, self.choices[(ds, m)]) for ds, m in cells if (ds, m) in self.choices]
+        if chosen:
+            lines.append("Configurations (models that ran with several; never averaged across them): " + "; ".join(
+                f"{dataset_label(ds)}/{m}: {c.config_hash} ({'--config-of' if c.by_option else 'newest'}; "
+                f"not used: {', '.join(c.others)})" for ds, m, c in chosen)
+                + ". `mmbench report --config-of MODEL=HASH` selects another.")
+        return lines
 
     def datasets(self) -> list[str]:
         order = {name: i for i, name in enumerate(DATASET_ORDER)}
@@ -233,11 +387,12 @@ class RunSet:
         return None
 
 
-def load_runs(results: str | Path) -> RunSet:
+def read_runs(results: str | Path) -> list[Run]:
     """Every completed run under `results` (its `runs/` subfolder or anywhere below it)."""
     root = Path(results)
     if not root.is_dir():
-        raise ReportError(f"--results {root}: no such directory")
+        raise ReportError(f"--results {root}: no such directory; run `mmbench run` first (it writes "
+                          f"results/runs), or pass --results results/reference for the committed reference runs")
     runs: list[Run] = []
     for folder in records.find_records(root):
         try:
@@ -246,7 +401,34 @@ def load_runs(results: str | Path) -> RunSet:
             warn(f"{exc}; skipped")
     if not runs:
         raise ReportError(f"--results {root}: no run records (record.json) found")
-    return RunSet(runs)
+    return runs
+
+
+def load_budgets(results: str | Path, budget: str | None = None,
+                 config_of: dict[str, list[str]] | None = None) -> dict[str, RunSet]:
+    """{budget: RunSet of that budget's runs}, in the order full, quick, smoke, custom: what the
+    reports are built from, one set of files per budget. `budget` keeps only that one."""
+    runs = read_runs(results)
+    by_budget: dict[str, list[Run]] = {b: [] for b in records.BUDGET_LABELS}
+    for r in runs:
+        by_budget[r.record.budget].append(r)
+    by_budget = {b: rs for b, rs in by_budget.items() if rs}
+    if budget is not None:
+        if budget not in by_budget:
+            raise ReportError(f"--budget {budget}: no {budget} runs under {results} (have: {', '.join(by_budget)})")
+        by_budget = {budget: by_budget[budget]}
+    check_config_of(config_of or {}, [r for rs in by_budget.values() for r in rs])
+    return {b: RunSet(rs, b, config_of) for b, rs in by_budget.items()}
+
+
+def load_runs(results: str | Path, budget: str | None = None,
+              config_of: dict[str, list[str]] | None = None) -> RunSet:
+    """One RunSet: of `budget`, else of every run (mixed budgets are never ranked; see RunSet)."""
+    if budget is not None:
+        return load_budgets(results, budget, config_of)[budget]
+    runs = read_runs(results)
+    check_config_of(config_of or {}, runs)
+    return RunSet(runs, None, config_of)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -321,6 +503,35 @@ class Table:
     caption: str
     row_header: str
     blocks: list[Block]
+    budget: str | None = FULL
+    notes: list[str] = field(default_factory=list)  # footnote lines: what the table was made from
+
+
+TITLE_CHARS_PER_INCH = 12  # characters of a 10-pt figure title per inch of figure width
+TITLE_LINE_INCHES = 0.19   # the height of one 10-pt title line
+
+
+def figure_title(rs: RunSet, title: str, description: str, fig_width: float,
+                 datasets: list[str] | None = None, models=None) -> tuple[str, float]:
+    """(a figure's title, its height in inches): what it shows under which budget, then the notes a
+    table carries as footnotes (budget, seeds, data fingerprints, configurations), wrapped to the
+    figure's width so the caller can make room for it."""
+    width = int(TITLE_CHARS_PER_INCH * fig_width)
+    lines = []
+    for text in [artefact_title(title, rs.budget), description] + rs.notes(datasets, models):
+        lines += textwrap.wrap(text, width)
+    return "\n".join(lines), TITLE_LINE_INCHES * len(lines)
+
+
+def report_table(rs: RunSet, base: str, title: str, caption: str, row_header: str, blocks: list[Block],
+                 datasets: list[str] | None = None, models=None) -> Table:
+    """A table of `rs`'s budget: named and titled by it (a smoke check says so first thing), with
+    footnotes on the budget, seeds, data and configurations of the datasets/models it shows."""
+    if not rs.ranked:
+        caption = (f"Smoke check ({rs.budget or MIXED} budget), not a comparison: values only, nothing is "
+                   f"ranked. " + caption)
+    return Table(artefact_name(base, rs.budget), artefact_title(title, rs.budget), caption, row_header,
+                 blocks, rs.budget, rs.notes(datasets, models))
 
 
 def mark_best(cells: list[Cell], values: list[float]) -> None:
@@ -354,6 +565,8 @@ def to_markdown(t: Table) -> str:
             texts = [_marked(_md_escape(c.text), c.mark, "**{}**", "<u>{}</u>") for c in cells]
             out.append("| " + " | ".join([_md_escape(label)] + texts) + " |")
         out.append("")
+    for note in t.notes:
+        out += [note, ""]
     return "\n".join(out)
 
 
@@ -418,24 +631,28 @@ def to_latex(t: Table) -> str:
             out.append(" & ".join([label] + texts) + r" \\")
         out.append(r"\bottomrule")
         out.append(r"\end{tabular}" + ("}" if wide else ""))
+    for note in t.notes:
+        out.append(rf"\par\smallskip{{\footnotesize {tex_escape(note)}}}")
     out.append(r"\end{table*}")
     return "\n".join(out) + "\n"
 
 
 WIDE_COLUMNS = 10  # LaTeX tabulars wider than this are scaled to the line width
 
-CSV_COLUMNS = ["block", "row", "group", "column", "value", "mark"]
+CSV_COLUMNS = ["budget", "block", "row", "group", "column", "value", "mark"]
 
 
 def to_csv(t: Table) -> str:
-    """Tidy CSV: one line per cell (block, row, column group, column, displayed value, mark)."""
+    """Tidy CSV: one line per cell (budget, block, row, column group, column, displayed value,
+    mark); a missing value is an empty field, so tools read it as missing rather than as text."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for b in t.blocks:
         for label, cells in b.rows:
             for j, c in enumerate(cells):
-                w.writerow([b.name, label, b.column_group(j), b.columns[j], c.text, c.mark])
+                w.writerow([t.budget or MIXED, b.name, label, b.column_group(j), b.columns[j],
+                            "" if c.text == MISSING else c.text, c.mark])
     return buf.getvalue()
 
 

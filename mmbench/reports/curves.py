@@ -1,5 +1,6 @@
 """Training curves (the paper's Figure 3): VALID Recall@20 per epoch per model, one panel per
-dataset; with several seeds, the mean over the seeds that reached an epoch and a min–max band."""
+dataset; with several seeds, the mean over the seeds that reached an epoch and a min–max band. One
+figure per budget (`curves.png`, `curves-quick.png`, …), its title saying what it was made from."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mmbench.eval.metrics import RECALL_20
-from mmbench.reports.common import RunSet, dataset_label, metric_label  # noqa: E402
+from mmbench.reports.common import (RunSet, artefact_name, dataset_label, figure_title,  # noqa: E402
+                                    metric_label)
 from mmbench.reports.table4 import model_label  # noqa: E402
 
 METRIC = RECALL_20
@@ -45,7 +47,12 @@ def write(rs: RunSet, out: Path, metric: str = METRIC) -> list[Path]:
     datasets = rs.datasets()
     ncols = min(len(datasets), 3)
     nrows = math.ceil(len(datasets) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(max(5.6 * ncols, 8.0), 4.2 * nrows + 0.6), squeeze=False)
+    width = max(5.6 * ncols, 8.0)
+    title, title_height = figure_title(
+        rs, f"Training curves (cf. the paper's Figure 3): valid {metric_label(metric)} per epoch",
+        "line = mean over the seeds that reached the epoch; band = min–max over seeds", width)
+    height = 4.2 * nrows + 0.2 + title_height
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
     all_models = sorted(rs.all_models())
     cmap = plt.get_cmap("tab10" if len(all_models) <= 10 else "tab20")
     color = {m: cmap(i % cmap.N) for i, m in enumerate(all_models)}
@@ -72,10 +79,9 @@ def write(rs: RunSet, out: Path, metric: str = METRIC) -> list[Path]:
             ax.text(0.5, 0.5, "no validation history", ha="center", va="center", transform=ax.transAxes)
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
-    fig.suptitle(f"Training curves (cf. the paper's Figure 3): valid {metric_label(metric)} per epoch\n"
-                 "line = mean over the seeds that reached the epoch; band = min–max over seeds", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()  # makes room for the suptitle too
-    path = out / "curves.png"
+    path = out / f"{artefact_name('curves', rs.budget)}.png"
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return [path]

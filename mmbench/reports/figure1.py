@@ -5,6 +5,10 @@ vs the reference (MMSSL), long-tail region highlighted.
 
 Item accuracy comes from the VALID split (the per-item hits@20 the trainer records at every
 validation epoch): the test split is evaluated once, after training, so it has no per-epoch values.
+
+One figure per budget (`figure1.png`, `figure1-quick.png`, …), its title saying what it was made from;
+a model without runs has no line in (a) (the legend lists it as "no run") and its panel in (b)–(c)
+says "no run" instead of drawing empty axes.
 """
 from __future__ import annotations
 
@@ -18,12 +22,15 @@ import numpy as np  # noqa: E402
 
 from mmbench.eval.metrics import NDCG_20, RECALL_20
 from mmbench import stats  # noqa: E402
-from mmbench.reports.common import RunSet, dataset_label, metric_label  # noqa: E402
+from mmbench.reports.common import (RunSet, artefact_name, dataset_label, figure_title,  # noqa: E402
+                                    metric_label)
 from mmbench.reports.table4 import (bucket_means, bucket_view, model_label,  # noqa: E402
                                     resolve_compare)
 
 HEAD_FRACTION = 0.2  # the most popular 20% of items are the head; the rest is the long tail
 ITEM_GROUPS = 8      # equal-count item-degree groups for the trend line in (b)–(c)
+FIG_WIDTH = 17.0     # inches
+PANEL_HEIGHT = 6.0   # inches below the title: the panels, their axis labels and (b)–(c)'s legends
 
 
 def item_accuracy(rs: RunSet, ds: str, model: str | None) -> np.ndarray | None:
@@ -67,7 +74,7 @@ def choose_baseline(rs: RunSet, ds: str, models: list[str], reference: str) -> s
     return max(cands, key=lambda m: np.nan_to_num(rs.summary(ds, m, RECALL_20)[0], nan=-1.0))
 
 
-def _panel_users(ax, rs, ds, spec, models, metric):
+def _panel_users(ax, rs, ds, spec, models, no_run, metric):
     view = bucket_view(rs, ds, spec, metric)
     ax.set_title(f"(a) {dataset_label(ds)}: users by training interactions", fontsize=10)
     if view is None:
@@ -88,6 +95,8 @@ def _panel_users(ax, rs, ds, spec, models, metric):
         if not np.any(np.isfinite(means)):
             continue
         right.plot(x, means, marker=markers[i % len(markers)], lw=1.8, label=model_label(m))
+    if no_run:
+        right.plot([], [], " ", label="no run: " + ", ".join(model_label(m) for m in no_run))
     right.set_ylabel(f"test {metric_label(metric)}")
     top = right.get_ylim()[1]
     right.set_ylim(0, top * 1.35)
@@ -96,12 +105,21 @@ def _panel_users(ax, rs, ds, spec, models, metric):
     right.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left", ncol=2, framealpha=0.9)
 
 
+def _say(ax, text: str) -> None:
+    """A panel with nothing to draw: the reason instead of an empty box."""
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
 def _panel_items(ax, rs, ds, model, item_deg, tag):
-    ax.set_title(f"({tag}) {model_label(model) if model else 'no model'}: item accuracy vs item sparsity",
-                 fontsize=10)
-    acc = item_accuracy(rs, ds, model) if model else None
+    label = model_label(model) if model else "baseline"
+    ax.set_title(f"({tag}) {label}: item accuracy vs item sparsity", fontsize=10)
+    if not rs.runs(ds, model):
+        _say(ax, f"no run of {label} on {dataset_label(ds)}")
+        return
+    acc = item_accuracy(rs, ds, model)
     if acc is None or item_deg is None or len(acc) != len(item_deg):
-        ax.text(0.5, 0.5, "no per-item validation hits", ha="center", va="center", transform=ax.transAxes)
+        _say(ax, "no per-item validation hits")
         return
     ok = np.isfinite(acc)
     deg, a = item_deg[ok], acc[ok]
@@ -136,25 +154,30 @@ def write(rs: RunSet, out: Path, spec: str = "quantile:5", reference: str = "mms
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = dataset or choose_dataset(rs, reference)
-    models = resolve_compare(rs, compare, reference)
-    line_models = [m for m in models if rs.runs(ds, m)] + [reference]
+    models = resolve_compare(rs, compare, reference) + [reference]
+    line_models = [m for m in models if rs.runs(ds, m)]
     base = baseline or choose_baseline(rs, ds, models, reference)
     item_deg = rs.item_degree(ds)
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 6.4), gridspec_kw={"width_ratios": [1.25, 1, 1]})
-    fig.subplots_adjust(left=0.05, right=0.98, top=0.87, bottom=0.32, wspace=0.38)
-    _panel_users(axes[0], rs, ds, spec, line_models, metric)
+    title, title_height = figure_title(
+        rs, f"Figure 1 (rebuilt from our runs, {dataset_label(ds)})",
+        "(a) test performance w.r.t. user interaction frequency; (b)–(c) item-specific accuracy on VALID "
+        "averaged across validation epochs w.r.t. item sparsity", FIG_WIDTH, [ds], set(line_models) | {base})
+    height = PANEL_HEIGHT + title_height
+    fig, axes = plt.subplots(1, 3, figsize=(FIG_WIDTH, height), gridspec_kw={"width_ratios": [1.25, 1, 1]})
+    fig.subplots_adjust(left=0.05, right=0.98, top=1 - (title_height + 0.45) / height,
+                        bottom=2.05 / height, wspace=0.38)
+    _panel_users(axes[0], rs, ds, spec, line_models, [m for m in models if m not in line_models], metric)
     _panel_items(axes[1], rs, ds, base, item_deg, "b")
-    _panel_items(axes[2], rs, ds, reference if rs.runs(ds, reference) else None, item_deg, "c")
+    _panel_items(axes[2], rs, ds, reference, item_deg, "c")
     ylims = [ax.get_ylim() for ax in axes[1:] if ax.collections]
     if ylims:
         top = max(hi for _, hi in ylims)
         for ax in axes[1:]:
             ax.set_ylim(-0.02 * top, top * 1.05)  # the same scale in (b) and (c)
-    fig.suptitle(f"Figure 1 (rebuilt from our runs, {dataset_label(ds)}): (a) test performance w.r.t. user "
-                 "interaction frequency; (b)–(c) item-specific accuracy on VALID averaged across "
-                 "validation epochs w.r.t. item sparsity", fontsize=10)
-    paths = [out / "figure1.png", out / "figure1.pdf"]
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
+    name = artefact_name("figure1", rs.budget)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=150)
     fig.savefig(paths[1])
     plt.close(fig)

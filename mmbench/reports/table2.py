@@ -2,6 +2,9 @@
 R@20 / P@20 / N@20 (mean ± std over seeds), best bold and second underlined, then the reference
 model (MMSSL) against the best baseline: per-user and across-seed p-values (raw and Holm) and the
 relative improvement. Optionally the paper's published numbers beside ours, labelled as such.
+
+One table per budget (`table2.md`, `table2-quick.md`, …): only the full one ranks anything; the others
+are smoke checks with values only (no marks, p-values, Improv. or paper columns).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import numpy as np
 from mmbench.eval.metrics import NDCG_20, PRECISION_20, RECALL_20
 from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Table, correct,
                                     dataset_label, family_note, fmt_p, fmt_pct, fmt_value,
-                                    mark_best, metric_label, per_user_test, write_table)
+                                    mark_best, metric_label, per_user_test, report_table, write_table)
 from mmbench import stats
 
 # (the paper's row label, our registered model or None when we have no implementation)
@@ -56,7 +59,7 @@ def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_refer
     if reference not in {m for _, m in main + extras}:
         extras.append((reference, reference))
     label_of = {m: lab for lab, m in main + extras if m}
-    paper = load_paper_table2() if paper_reference else {}
+    paper = load_paper_table2() if paper_reference and rs.ranked else {}  # Δ is a comparison too
     paper_ds = {ds for ds in datasets if any(k[1] == dataset_label(ds) for k in paper)}
 
     # ---- columns: per dataset our three metrics (+ the paper's and the deltas) ----------------
@@ -92,6 +95,14 @@ def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_refer
         block.add(lab, cells)
     for i, (lab, m) in enumerate(extras):
         block.add(lab, model_cells(lab, m, False), rule=i == 0)
+    shown_models = {m for _, m in main + extras if m}
+    if not rs.ranked:
+        caption = (
+            "Table 2's rows rebuilt from our run records: test Recall@20 (R@20), Precision@20 (P@20) and "
+            "NDCG@20 (N@20); mean ± sample std over seeds when a model ran with several seeds. Rows below "
+            f"the rule are reference and cross-check implementations. {MISSING} = no run.")
+        return report_table(rs, "table2", "Table 2: performance comparison", caption, "Model", [block],
+                            datasets, shown_models)
 
     # ---- the reference against the best baseline -----------------------------------------
     baselines = [m for _, m in main if m and m != reference]
@@ -168,7 +179,8 @@ def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_refer
     if paper_ds:
         caption += (" Columns 'paper' hold the values PUBLISHED in the paper's Table 2 (typed into "
                     f"mmbench/reports/{PAPER_FILE}), not ours; Δ = ours − paper.")
-    return Table("table2", "Table 2: performance comparison", caption, "Model", [block])
+    return report_table(rs, "table2", "Table 2: performance comparison", caption, "Model", [block],
+                        datasets, shown_models)
 
 
 def write(rs: RunSet, out: Path, test: str = "ttest", reference: str = "mmssl",

@@ -1,6 +1,7 @@
 """Table 4 rebuilt: NDCG@20 per user-sparsity bucket (by TRAINING interaction count) for the chosen
 models and the reference (MMSSL), with the reference's relative improvement over each (↑%) and
-per-user paired tests inside every bucket (raw and Holm over the whole table)."""
+per-user paired tests inside every bucket (raw and Holm over the whole table). One table per
+budget; only the full one carries improvements and tests (`table4-quick.md` etc. hold values only)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from mmbench.eval.metrics import NDCG_20
 from mmbench import stats
 from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Table, correct,
                                     dataset_label, family_note, fmt_int, fmt_p, fmt_pct, fmt_value,
-                                    metric_label, per_user_test, warn, write_table)
+                                    metric_label, per_user_test, report_table, warn, write_table)
 from mmbench.reports.table2 import ABLATIONS, EXTRA_ROWS, PAPER_ROWS
 
 PAPER_COMPARE = ("vbpr", "mmgcn", "lattice", "slmrec")  # the paper's Table 4 rows
@@ -112,13 +113,13 @@ def build(rs: RunSet, spec: str = "quantile:5", test: str = "ttest", reference: 
             cells = []
             for (mean, std), (rmean, _) in zip(means, ref_means):
                 text = fmt_value(mean, std)
-                if text != MISSING and np.isfinite(rmean) and mean > 0:
+                if text != MISSING and rs.rankable(ds) and np.isfinite(rmean) and mean > 0:
                     text += " " + fmt_pct((rmean - mean) / mean, arrows=True)
                 cells.append(Cell(text))
             block.add(model_label(m), cells, rule=i == 0)
         block.add(ref_label, [Cell(fmt_value(*ms)) for ms in ref_means], rule=bool(models))
         p_rows = []
-        for m in models:
+        for m in models if rs.ranked else ():
             row = []
             for k in range(len(labels)):
                 c = None
@@ -148,12 +149,14 @@ def build(rs: RunSet, spec: str = "quantile:5", test: str = "ttest", reference: 
         f"Performance w.r.t. user interaction sparsity (Table 4 of Wei et al., WWW'23, rebuilt from our "
         f"run records): test {metric_label(metric)} of the evaluated test users grouped by their number "
         f"of TRAINING interactions ({how}; the last group is open-ended). Cells: mean over users (± "
-        f"sample std of the per-seed means when several seeds ran); ↑/↓% = relative improvement of "
-        f"{ref_label} over the row's model, (ours − theirs) / theirs. "
-        + family_note(test, metric_label(metric) + " within each bucket")
-        + f" Holm family size: {len(comps)}. {MISSING} = no run or no training degrees."
+        f"sample std of the per-seed means when several seeds ran)"
+        + (f"; ↑/↓% = relative improvement of {ref_label} over the row's model, (ours − theirs) / theirs. "
+           + family_note(test, metric_label(metric) + " within each bucket")
+           + f" Holm family size: {len(comps)}." if rs.ranked else ".")
+        + f" {MISSING} = no run or no training degrees."
     )
-    return Table("table4", "Table 4: performance w.r.t. user sparsity", caption, "Model", blocks)
+    return report_table(rs, "table4", "Table 4: performance w.r.t. user sparsity", caption, "Model", blocks,
+                        rs.datasets(), set(models) | {reference})
 
 
 def write(rs: RunSet, out: Path, spec: str = "quantile:5", test: str = "ttest",

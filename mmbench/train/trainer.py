@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmbench.atomic import atomic_write
 from mmbench.data.dataset import Dataset
 from mmbench.eval import EvalResult, evaluate
 from mmbench.train.determinism import seed_everything  # noqa: F401  (re-exported)
+from mmbench.train.progress import EpochProgress
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -179,8 +179,7 @@ class Trainer:
         valid_counts = None
         last_save = time.perf_counter()
         stopped = start_epoch > cfg.epochs or (resumed is not None and resumed.get("stopped", False))
-        bar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=self.desc, unit="ep",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = EpochProgress(self.progress, self.desc, cfg.epochs, initial=start_epoch - 1)
         epoch = start_epoch - 1
         for epoch in range(start_epoch, cfg.epochs + 1):
             if stopped:
@@ -216,10 +215,8 @@ class Trainer:
                     bad_evals += 1
                     if bad_evals * cfg.eval_every >= cfg.patience and cfg.patience > 0:
                         stopped = True
-                bar.set_postfix(loss=f"{losses_mean.get('loss', float('nan')):.4f}",
-                                **{cfg.valid_metric: f"{score:.4f}"}, best=best["epoch"])
             history.append(entry)
-            bar.update(1)
+            bar.epoch(epoch, losses_mean, t_train, entry.get("valid"), cfg.valid_metric, best["epoch"])
             now = time.perf_counter()
             if now - last_save >= cfg.checkpoint_every or stopped or epoch == cfg.epochs:
                 self._save({
