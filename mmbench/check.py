@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mmbench import records
+from mmbench import records, safeio
 from mmbench.atomic import atomic_write
 from mmbench.errors import MMBenchError
 from mmbench.eval.metrics import NDCG_20, PRECISION_20, RECALL_20, parse_metric_key
 
 DEFAULT_METRICS = (RECALL_20, PRECISION_20, NDCG_20)
 DEFAULT_RESULTS = Path("results") / "runs"
-MAX_REFERENCE_BYTES = 1 << 20
+MAX_REFERENCE_BYTES = safeio.LIMITS["reference"]
 
 
 class CheckError(MMBenchError):
@@ -90,17 +90,7 @@ def collect(results: Path, dataset: str, split: str = "test", fingerprint: str |
 def read_reference(path: Path) -> dict:
     """The reference, validated: every problem is one line naming the file (exit 2)."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            blob = fh.read(MAX_REFERENCE_BYTES + 1)
-    except OSError as exc:
-        raise CheckError(f"{path}: cannot read reference ({exc.strerror or exc})") from None
-    if len(blob) > MAX_REFERENCE_BYTES:
-        raise CheckError(f"{path}: a reference is at most {MAX_REFERENCE_BYTES} bytes")
-    try:
-        ref = json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckError(f"{path}: malformed JSON ({str(exc)[:100]})") from None
+    ref = safeio.load_json(path, "reference", CheckError)  # regular file, <= 1 MiB, UTF-8
     if not isinstance(ref, dict) or not isinstance(ref.get("dataset"), str) or not isinstance(ref.get("expect"), dict):
         raise CheckError(f"{path}: a reference needs 'dataset' and an 'expect' mapping")
     tol = ref.get("tolerance")
@@ -151,10 +141,24 @@ def write_reference(args) -> int:
     for model in chosen:
         ref["expect"][model] = reference_entry(observed[model], metrics)
     ref["expect"] = dict(sorted(ref["expect"].items()))
-    atomic_write(path, (json.dumps(ref, indent=1) + "\n").encode())
+    _refuse_non_finite(ref, path)
+    atomic_write(path, (json.dumps(ref, indent=1, allow_nan=False) + "\n").encode())
     print(f"wrote {path}: {len(chosen)} model entr{'y' if len(chosen) == 1 else 'ies'} "
           f"({', '.join(chosen)}), {len(ref['expect'])} in all")
     return 0
+
+
+def _refuse_non_finite(ref: dict, path: Path) -> None:
+    """A reference that gates on NaN or infinity would pass or fail anything: refuse to write it."""
+    for metric, tol in ref["tolerance"].items():
+        if not _finite_nonneg(tol):
+            raise CheckError(f"{path}: refusing to write tolerance {metric} = {safeio.shown(tol)}; "
+                             f"--tolerance must be a finite number >= 0")
+    for model, entry in ref["expect"].items():
+        for metric, value in entry["metrics"].items():
+            if not _finite(value):
+                raise CheckError(f"{path}: refusing to write expect.{model}.{metric} = "
+                                 f"{safeio.shown(value)}; gated values must be finite")
 
 
 def _parse_metrics(text: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from mmbench.errors import MMBenchError
@@ -58,14 +59,20 @@ def _add_run(sub) -> None:
 
 
 def cmd_run(args) -> int:
+    from mmbench import preflight
     from mmbench.data.registry import load_dataset
     from mmbench.runner import (check_model_fits_data, expand_models, model_config, parse_seeds,
                                 run_all, summary_table)
     from mmbench.train.trainer import resolve_device
 
+    # Everything that needs no data is checked first, before loading or writing anything.
     models = expand_models(args.models)
-    seeds = parse_seeds(args.seeds)
-    device = resolve_device(args.device)
+    seeds = preflight.seeds(parse_seeds(args.seeds))
+    device = resolve_device(preflight.device(args.device))
+    preflight.writable_folder(args.results, "--results")
+    name = preflight.dataset_name(args.dataset)
+    for m in models:
+        model_config(m, name, args.budget, args.config, args.set_items)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     if args.models.strip() == "all" and not data.features:
         from mmbench.models.base import get_model_class
@@ -74,9 +81,8 @@ def cmd_run(args) -> int:
         models = [m for m in models if m not in skipped]
         if skipped:
             print(f"[skip] {data.name} has no item features: not running {', '.join(skipped)}", file=sys.stderr)
-    for m in models:  # every config error surfaces before the first epoch
-        cfg = model_config(m, data.name, args.budget, args.config, args.set_items)
-        check_model_fits_data(m, cfg, data)
+    for m in models:  # data-dependent checks (modalities, features) right after loading
+        check_model_fits_data(m, model_config(m, data.name, args.budget, args.config, args.set_items), data)
     print(f"mmbench run: {len(models)} model(s) × {len(seeds)} seed(s) on {data.name} "
           f"({data.n_users} users, {data.n_items} items, modalities {data.modalities or 'none'}, "
           f"data {data.fingerprint[:12]}) on {device}, {args.threads} thread(s) per run, "
@@ -130,6 +136,8 @@ def cmd_models(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mmbench", description="Benchmark suite for multimodal recommendation "
                      "(MMSSL and baselines, one protocol, one evaluator, honest statistics).")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error as well as its one-line message")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_models(sub)
@@ -148,11 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the subcommand
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args([a for a in argv if a != "--debug"])
+    except SystemExit as exc:  # usage errors (2) and --help (0) return their status to callers
+        return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
     except MMBenchError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

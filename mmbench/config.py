@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping, get_args, get_origin
 
 import yaml
 
+from mmbench import safeio
 from mmbench.errors import ConfigError
 from mmbench.eval.metrics import METRICS, RECALL_20, parse_metric_key
 
@@ -162,8 +163,8 @@ class Param:
             raise bad()
         # object: untyped, as YAML would read it
         if isinstance(value, str) and not in_list:
-            try:
-                value = yaml.safe_load(value)
+            try:  # no aliases here either: a short --set value must not expand to a huge one
+                value = yaml.load(value, Loader=safeio.NoAliasLoader)  # noqa: S506 - a SafeLoader
             except (yaml.YAMLError, ValueError, RecursionError):
                 pass
         if value is None or isinstance(value, _SCALAR_TYPES):
@@ -400,23 +401,13 @@ def parse_set_items(items: Iterable[str]) -> dict[str, str]:
 
 
 def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    """The `--config` mapping, read through `mmbench.safeio`: a regular file of at most 1 MiB, UTF-8
+    (a BOM is fine), YAML without anchors or aliases. Any problem is one ConfigError line."""
     if path is None:
         return {}
     p = Path(path)
     where = f"config file {_clip(p)}"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = (str(exc).splitlines() or ["?"])[0]
-        raise ConfigError(f"{where}: malformed YAML ({_clip(first)})") from None
-    except (ValueError, RecursionError) as exc:  # e.g. an int past Python's digit limit, deep nesting
-        raise ConfigError(f"{where}: unreadable YAML ({_clip(type(exc).__name__ + ': ' + str(exc))})") from None
+    data = safeio.load_yaml(p, "config", ConfigError, label=where)
     if data is None:
         return {}
     if not isinstance(data, dict):

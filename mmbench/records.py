@@ -19,6 +19,7 @@ import json
 import math
 import platform
 import subprocess
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -29,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mmbench import safeio
 from mmbench.atomic import atomic_write
 from mmbench.errors import MMBenchError
 
@@ -200,12 +202,11 @@ def read_record(folder_or_file: Path, verify_arrays: bool = True) -> RunRecord:
     """The typed record of a run folder. Any problem is a RecordError naming the file: unreadable
     JSON, a schema other than 1 (upgraded) or 2, a bad field, or arrays whose sha256 differs."""
     path = _record_path(folder_or_file)
+    text = safeio.read_text(path, "record", RecordError)  # a regular file of at most 64 MiB, UTF-8
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RecordError(f"{path}: cannot read run record ({exc.strerror or exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordError(f"{path}: malformed run record ({str(exc).splitlines()[0][:120]})") from None
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RecordError(f"{path}: malformed run record ({safeio.clip(str(exc).splitlines()[0])})") from None
     if not isinstance(raw, dict):
         raise RecordError(f"{path}: a run record must be a JSON object")
     version = raw.get("schema_version")
@@ -224,12 +225,14 @@ def read_record(folder_or_file: Path, verify_arrays: bool = True) -> RunRecord:
     return record
 
 
-def _verify_arrays(folder: Path, record: RunRecord) -> None:
+def _verify_arrays(folder: Path, record: RunRecord, blob: bytes | None = None) -> None:
+    """The arrays' sha256 (of `blob` when the caller already read them) against the record's."""
     target = folder / ARRAYS
-    try:
-        digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise RecordError(f"{target}: cannot read the run's arrays ({exc.strerror or exc})") from None
+    if blob is None:
+        digest = safeio.sha256_file(target, "data", RecordError,
+                                    label=f"{target} (the run's arrays)")
+    else:
+        digest = hashlib.sha256(blob).hexdigest()
     if digest != record.arrays_sha256:
         raise RecordError(f"{target}: sha256 {digest[:12]}… does not match its record.json "
                           f"({record.arrays_sha256[:12]}…): the arrays belong to another run")
@@ -239,12 +242,16 @@ def read_arrays(folder_or_file: Path) -> dict[str, np.ndarray]:
     """The per-user/per-item arrays of a run (after checking they belong to its record)."""
     path = Path(folder_or_file)
     folder = path if path.is_dir() else path.parent
-    read_record(folder, verify_arrays=True)
+    record = read_record(folder, verify_arrays=False)
+    # Read once, verify and parse the same bytes: a file swapped in between cannot be served.
+    blob = safeio.read_bytes(folder / ARRAYS, "data", RecordError, label=f"{folder / ARRAYS} (the run's arrays)")
+    if record.arrays_sha256 is not None:
+        _verify_arrays(folder, record, blob)
     try:
-        with np.load(folder / ARRAYS, allow_pickle=False) as z:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise RecordError(f"{folder / ARRAYS}: unreadable arrays ({str(exc)[:120]})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise RecordError(f"{folder / ARRAYS}: unreadable arrays ({safeio.clip(exc)})") from None
 
 
 # --------------------------------------------------------------------------- schema 1

@@ -5,6 +5,11 @@ loaded dataset's content fingerprint — names its folder, so a rerun with any o
 new run, and a rerun with none changed resumes or is skipped as complete. Code and library versions
 are recorded in `env`, not in the identity. Each run sets its own intra-op thread count (default 1:
 results are then byte-identical across reruns; parallelism comes from running runs side by side).
+
+Several processes may share one results folder: each run is claimed with a file lock
+(`<run folder>/.lock`, flock semantics) before it is trained. A run claimed by a live process is
+skipped as "busy"; the lock of a process that died is released by the OS, so the next `mmbench run`
+takes the run over and resumes it from its checkpoint.
 """
 from __future__ import annotations
 
@@ -28,13 +33,15 @@ from mmbench.errors import ConfigError, MMBenchError
 from mmbench.eval.metrics import NDCG, NDCG_LEGACY, PRECISION, RECALL, metric_key
 
 DEFAULT_THREADS = 1
+LOCK = ".lock"  # the claim of a run, inside its folder (left in place: see `claim_run`)
+
 
 @dataclass
 class RunOutcome:
     model: str
     seed: int
     folder: Path
-    status: str  # "done" | "skipped" | "failed"
+    status: str  # "done" | "skipped" (complete) | "busy" (being trained by another process) | "failed"
     record: records.RunRecord | None = None
     error: str | None = None
 
@@ -185,7 +192,7 @@ def checkpoint_epoch(folder: Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return int(state["epoch"])
     except Exception:  # noqa: BLE001 - an unreadable checkpoint: the trainer decides what to do
         return None
@@ -196,7 +203,8 @@ def run_all(models: list[str], data: Dataset, seeds: list[int], device, results:
             progress: bool | str = True, fail_fast: bool = False, threads: int = DEFAULT_THREADS
             ) -> list[RunOutcome]:
     """Train every model × seed (one after another, each with `threads` torch threads); say per
-    run whether it was trained, resumed (from which epoch) or skipped as complete."""
+    run whether it was trained, resumed (from which epoch), skipped as complete, or skipped as busy
+    (claimed by another process sharing `results`)."""
     # Resolve every config first: a bad --set fails before any training or writing.
     cfgs = {m: model_config(m, data.name, budget, config_file, set_items) for m in models}
     labels = {m: run_budget(m, data.name, budget, cfgs[m]) for m in models}
@@ -211,28 +219,63 @@ def run_all(models: list[str], data: Dataset, seeds: list[int], device, results:
                 outcomes.append(RunOutcome(name, seed, folder, "skipped", rec))
                 print(f"[skip] {what}: complete in {folder}", file=sys.stderr)
                 continue
-            resumed_at = checkpoint_epoch(folder)
-            if resumed_at is None:
-                print(f"[train] {what} -> {folder}", file=sys.stderr)
-            else:
-                print(f"[resume] {what}: from the checkpoint after epoch {resumed_at} in {folder}",
+            claim = claim_run(folder)
+            if claim is None:
+                print(f"[busy] {name} seed {seed}: being trained by another process ({folder / LOCK})",
                       file=sys.stderr)
-            t0 = time.perf_counter()
-            try:
-                rec = train_one(name, data, cfgs[name], seed, device, folder, progress, labels[name], threads)
-            except MMBenchError:
-                raise
-            except Exception as exc:  # a crashing model must not lose the other runs
-                if fail_fast:
-                    raise
-                msg = f"{type(exc).__name__}: {exc}"
-                print(f"[fail] {name} seed {seed}: {msg}", file=sys.stderr)
-                outcomes.append(RunOutcome(name, seed, folder, "failed", None, msg))
+                outcomes.append(RunOutcome(name, seed, folder, "busy"))
                 continue
-            print(f"[done] {name} seed {seed}: best epoch {rec.best_epoch}, "
-                  f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
-            outcomes.append(RunOutcome(name, seed, folder, "done", rec))
+            try:
+                outcomes.append(_run_claimed(spec, data, folder, what, progress, fail_fast))
+            finally:
+                claim.release()
     return outcomes
+
+
+def claim_run(folder: Path):
+    """The lock that claims the run in `folder` for this process, or None if a live process holds it.
+
+    flock semantics: the OS releases the lock of a process that dies, so its run is taken over.
+    The `.lock` file stays after release: unlinking it while another process has it open would let
+    two processes each hold a lock on a different inode of the same name."""
+    from filelock import FileLock, Timeout
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def _run_claimed(spec: RunSpec, data: Dataset, folder: Path, what: str, progress, fail_fast: bool
+                 ) -> RunOutcome:
+    """Train (or resume) one run whose claim this process holds."""
+    name, seed = spec.model, spec.seed
+    if (folder / records.RECORD).exists():  # finished by another process between the check and the claim
+        print(f"[skip] {what}: complete in {folder}", file=sys.stderr)
+        return RunOutcome(name, seed, folder, "skipped", records.read_record(folder))
+    resumed_at = checkpoint_epoch(folder)
+    if resumed_at is None:
+        print(f"[train] {what} -> {folder}", file=sys.stderr)
+    else:
+        print(f"[resume] {what}: from the checkpoint after epoch {resumed_at} in {folder}",
+              file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        rec = train_one(name, data, spec.cfg, seed, spec.device, folder, progress, spec.budget, spec.threads)
+    except MMBenchError:
+        raise  # bad input or a full disk: the CLI says so in one line and exits 2
+    except Exception as exc:  # a crashing model must not lose the other runs
+        if fail_fast:
+            raise
+        msg = f"{type(exc).__name__}: {exc}"
+        print(f"[fail] {name} seed {seed}: {msg}", file=sys.stderr)
+        return RunOutcome(name, seed, folder, "failed", None, msg)
+    print(f"[done] {name} seed {seed}: best epoch {rec.best_epoch}, "
+          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return RunOutcome(name, seed, folder, "done", rec)
 
 
 def summary_table(outcomes: list[RunOutcome], k: int = 20) -> str:
@@ -243,7 +286,8 @@ def summary_table(outcomes: list[RunOutcome], k: int = 20) -> str:
     rows = []
     for o in outcomes:
         if o.record is None:
-            rows.append([o.model, str(o.seed), "FAILED"] + ["–"] * (len(header) - 3))
+            label = "BUSY" if o.status == "busy" else "FAILED"
+            rows.append([o.model, str(o.seed), label] + ["–"] * (len(header) - 3))
             continue
         v, t = o.record.valid, o.record.test or {}
         rows.append([o.model, str(o.seed), str(o.record.best_epoch)]

@@ -65,7 +65,12 @@ class Recommender(nn.Module):
         """Hook: e.g. decay a learning rate."""
 
     def extra_state(self) -> dict[str, Any]:
-        """Non-parameter state to checkpoint (e.g. a graph rebuilt on a schedule)."""
+        """Non-parameter state to checkpoint (e.g. a graph rebuilt on a schedule).
+
+        Tensors, numpy arrays and scalars, and dict/list/tuple containers of str/int/float/bool/None
+        only: checkpoints are loaded with `weights_only=True` so that a planted one runs no code.
+        The trainer stores numpy arrays as tensors of their bytes and hands them back as numpy arrays
+        (`mmbench.train.trainer.to_checkpoint`); any other object is a TypeError when saving."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:

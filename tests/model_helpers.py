@@ -1,6 +1,8 @@
 """Helpers shared by the model test files: tiny fixtures with zero-degree nodes, configs, baselines."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -64,26 +66,35 @@ def loss_and_scores_are_finite(model, atol: float = 1e-6) -> dict:
     return losses
 
 
+@contextlib.contextmanager
+def ctrl_c_at_validation(n: int):
+    """Inside the block, the n-th validation raises KeyboardInterrupt (a Ctrl-C in the middle of a
+    run, after the checkpoint of epoch n-1 with `checkpoint_every=0`)."""
+    import mmbench.train.trainer as trainer_mod
+
+    orig, calls = trainer_mod.Trainer.validate, {"n": 0}
+
+    def crash(self):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return orig(self)
+
+    trainer_mod.Trainer.validate = crash
+    try:
+        yield
+    finally:
+        trainer_mod.Trainer.validate = orig
+
+
 def interrupted_then_resumed(monkeypatch, run, between=None):
     """Call `run()` (whose config must say `checkpoint_every=0`) with a KeyboardInterrupt at the 3rd validation,
     optionally check the half-written run folder with `between()`, then call `run()` again (which must
     resume from the checkpoint) and return its result."""
     import pytest
 
-    import mmbench.train.trainer as trainer_mod
-
-    orig, calls = trainer_mod.Trainer.validate, {"n": 0}
-
-    def crash_on_third(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return orig(self)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "validate", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at_validation(3), pytest.raises(KeyboardInterrupt):
         run()
-    monkeypatch.setattr(trainer_mod.Trainer, "validate", orig)
     if between is not None:
         between()
     return run()

@@ -64,6 +64,6 @@ def test_models_lists_registered(capsys):
 
 
 def test_usage_error_is_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["run"])
-    assert exc.value.code == 2
+    assert main(["run"]) == 2
+    assert "--models" in capsys.readouterr().err
+    assert main(["--help"]) == 0

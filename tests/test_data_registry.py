@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import yaml
 
-from mmbench.data import dataset as dataset_mod
 from mmbench.data import readers, registry
 from mmbench.data.synthetic import make_synthetic
 from mmbench.data.cli import add_data_parser
@@ -179,23 +178,19 @@ def test_directory_dataset_names(toy, monkeypatch):
     assert "\n" not in str(info.value)
 
 
-def no_hashing(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("re-hashed instead of using the cached digests")
-    monkeypatch.setattr(dataset_mod, "array_digest", boom)
-    monkeypatch.setattr(dataset_mod, "index_digest", boom)
-
-
-def test_warm_load_serves_the_fingerprint_from_the_cache(toy, tmp_path, monkeypatch):
+def test_a_cache_rewritten_with_other_valid_data_is_rebuilt(toy, tmp_path):
     cold = registry.load_dataset("toy", data_dir=toy["src"].parent)
-    fp = cold.fingerprint
-    assert dataclasses.replace(cold).fingerprint == fp  # what a full re-hash gives
-    no_hashing(monkeypatch)
+    (path,) = registry.cache_dir().glob("toy-*.npz")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    feature = arrays["feature_0"].copy()
+    feature[0, 0] += 1.0  # still finite, still the right shape: passes every load-time rule
+    arrays["feature_0"] = feature
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
     warm = registry.load_dataset("toy", data_dir=toy["src"].parent)
-    assert warm.fingerprint == fp and warm.select_modalities(["image"]).fingerprint == fp
-    monkeypatch.setattr(registry, "FINGERPRINT_VERSION", 99)  # a new definition: a new cache file
-    with pytest.raises(AssertionError, match="re-hashed"):
-        registry.load_dataset("toy", data_dir=toy["src"].parent)
+    assert warm.fingerprint == cold.fingerprint
+    assert np.array_equal(warm.features[cold.modalities[0]], cold.features[cold.modalities[0]])
 
 
 def test_cached_digests_follow_the_files(toy):
@@ -324,18 +319,12 @@ def test_real_tiktok_cold_and_warm():
     assert {m: f.shape for m, f in warm.features.items()} == {"image": (6710, 128), "audio": (6710, 128)}
 
 
-def test_real_tiktok_fingerprint_cost(monkeypatch):
+def test_real_tiktok_fingerprint_is_stable(monkeypatch):
     real_data()
     cold = registry.load_dataset("tiktok")  # the per-test cache dir: a cold load, which hashes once
-    t = time.perf_counter()
     fp = dataclasses.replace(cold).fingerprint  # a fresh object: every part hashed again
-    t_hash = time.perf_counter() - t
-    assert t_hash < 0.5, f"fingerprinting TikTok took {t_hash:.3f}s"
     assert fp == cold.fingerprint and cold.select_modalities(["image"]).fingerprint != fp
-    no_hashing(monkeypatch)
-    t = time.perf_counter()
-    warm = registry.load_dataset("tiktok")
-    assert warm.fingerprint == fp, f"warm load + fingerprint took {time.perf_counter() - t:.3f}s"
+    assert registry.load_dataset("tiktok").fingerprint == fp  # warm: from the verified cache
 
 
 def test_real_cards_match_their_statistics():

@@ -12,7 +12,7 @@ from mmbench.cli import main
 from mmbench.reports import common
 from mmbench.runner import run_all
 from mmbench.train.trainer import resolve_device
-from model_helpers import assert_identical_records
+from model_helpers import assert_identical_records, ctrl_c_at_validation
 
 CPU = resolve_device("cpu")
 
@@ -28,7 +28,7 @@ def test_reruns_with_one_thread_give_identical_records(tmp_path, capsys):
         assert main(["run", "--models", models, "--dataset", "synthetic", "--budget", "smoke",
                      "--results", str(tmp_path / out), "--no-progress"]) == 0
     for model in models.split(","):
-        (fa, ra), (fb, rb) = the_record(tmp_path / "A", model), the_record(tmp_path / "B", model)
+        (fa, ra), (fb, _) = the_record(tmp_path / "A", model), the_record(tmp_path / "B", model)
         assert fa.relative_to(tmp_path / "A") == fb.relative_to(tmp_path / "B")  # same identity
         assert ra.threads == 1 and ra.env["torch_threads"] == 1 and ra.budget == "smoke"
         assert_identical_records(fa, fb)
@@ -58,21 +58,9 @@ def test_changed_caps_make_a_custom_budget(synthetic, tmp_path):
 
 
 def test_resumed_run_says_from_which_epoch(synthetic, tmp_path, monkeypatch, capsys):
-    import mmbench.train.trainer as trainer_mod
-
-    orig, calls = trainer_mod.Trainer.validate, {"n": 0}
-
-    def crash_on_second(self):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return orig(self)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "validate", crash_on_second)
     sets = ["epochs=4", "checkpoint_every=0"]
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at_validation(2), pytest.raises(KeyboardInterrupt):
         run_all(["mf-bpr"], synthetic, [1], CPU, tmp_path, set_items=sets, progress=False)
-    monkeypatch.setattr(trainer_mod.Trainer, "validate", orig)
     out = run_all(["mf-bpr"], synthetic, [1], CPU, tmp_path, set_items=sets, progress=False)
     assert out[0].status == "done"
     assert "[resume] mf-bpr seed 1 (custom budget, 1 thread): from the checkpoint after epoch 1" in capsys.readouterr().err

@@ -131,6 +131,9 @@ def cmd_verify(args) -> int:
 
 
 def cmd_import(args) -> int:
+    from mmbench import preflight
+
+    preflight.writable_folder(registry.data_dir(args.data_dir), "--data-dir")
     report = registry.import_dataset(args.name, args.from_path, data_dir=args.data_dir)
     for f in report["copied"]:
         print(f"copied   {f}")

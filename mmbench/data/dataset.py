@@ -229,18 +229,6 @@ class Dataset:
                 new._digests[key] = digest
         return new
 
-    def adopt_digests(self, parts: dict) -> None:
-        """Take `parts` (the output of `part_digests`) as this dataset's, unhashed.
-
-        Only for the parse cache, whose file is keyed by the source files' checksums, the reader
-        version and FINGERPRINT_VERSION, and which stores the digests beside the very arrays they
-        were computed from.
-        """
-        if set(parts["splits"]) != set(SPLITS) or set(parts["features"]) != set(self.features):
-            raise ValueError("digests do not match the dataset's parts")
-        self._digests.update({("split", s): str(h) for s, h in parts["splits"].items()})
-        self._digests.update({("feature", m): str(h) for m, h in parts["features"].items()})
-
     # ---- access ---------------------------------------------------------------------------------
     def split(self, name: str) -> sp.csr_matrix:
         if name not in SPLITS:

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mmbench import safeio
 from mmbench.data.dataset import SPLITS, Dataset, to_csr
 from mmbench.data import validate as V
 from mmbench.errors import ConfigError, DataError
 
 # Bump when parsing changes what a reader returns or the parse cache's format: the registry keys
-# its parse cache on it. 2: the cache stores the fingerprint's part digests.
-READER_VERSION = 2
+# its parse cache on it. 2: the cache stores the fingerprint's part digests. 3: it also stores its
+# key and the source files' checksums, and loading refuses empty valid/test splits.
+READER_VERSION = 3
 
 # MMSSL's file stem for each split (the valid split lives in `val.json`).
 JSON_SPLIT_FILES = {"train": "train.json", "valid": "val.json", "test": "test.json"}
@@ -192,8 +194,10 @@ def read_ml100k(split_seed: int = 2024, directory=None, text_dim: int = 64) -> D
     directory = Path(directory) if directory is not None else ml100k_dir()
     inter_path, item_path = (V.require_file(directory / f) for f in ML100K_FILES)
     try:
-        inter = pd.read_csv(inter_path, sep="\t", dtype=str, usecols=[0, 1])
-        item = pd.read_csv(item_path, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False)
+        with safeio.open_regular(inter_path, "data", DataError) as fh:
+            inter = pd.read_csv(fh, sep="\t", dtype=str, usecols=[0, 1])
+        with safeio.open_regular(item_path, "data", DataError) as fh:
+            item = pd.read_csv(fh, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise DataError(f"{directory}: malformed RecBole atomic file ({V.one_line(exc)})") from None
     u_tok = V.int_column(inter.iloc[:, 0], inter_path, "user_id")
@@ -232,6 +236,31 @@ def _ml100k_features(item, text_dim: int) -> dict[str, np.ndarray]:
     for row, gs in enumerate(genre_lists):
         genre[row, [col[g] for g in gs]] = 1.0
     return {"text": V.check_feature(text, "ml100k text"), "genre": genre}
+
+
+# --------------------------------------------------------------------------- loaded datasets
+
+def split_sources(meta: dict, name: str = "dataset") -> dict[str, str]:
+    """The file each split of a read dataset came from (for messages), rebuilt from its `meta`."""
+    layout = meta.get("layout")
+    directory = Path(str(meta.get("directory") or "."))
+    if layout == "mmssl":
+        prefix = meta.get("prefix", "")
+        return {s: str(directory / f"{prefix}{f}") for s, f in JSON_SPLIT_FILES.items()}
+    if layout == "mmrec":
+        inter = directory / str(meta.get("inter_file"))
+        return {s: f"{inter} (x_label {code})" for code, s in V.X_LABELS.items()}
+    if layout == "ml100k":
+        return {s: f"{directory / ML100K_FILES[0]} (split seed {meta.get('split_seed')})" for s in SPLITS}
+    return {s: f"dataset {name}" for s in SPLITS}
+
+
+def require_all_splits(ds: Dataset) -> Dataset:
+    """`ds` when its train, valid and test splits all hold interactions, else a DataError naming the
+    file of the empty split. Loading (not parsing) checks it: a test split may be emptied on
+    purpose later (`Dataset.without_test`), never by a file."""
+    V.check_split_rows({s: ds.split(s).nnz for s in SPLITS}, split_sources(dict(ds.meta), ds.name))
+    return ds
 
 
 # --------------------------------------------------------------------------- auto-detection

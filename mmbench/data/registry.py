@@ -4,7 +4,10 @@ A card (YAML in the project's `datasets/`, shipped as `mmbench.cards`) states th
 dataset: layout, files with sha256, modalities (and the missing ones), statistics, provenance,
 licence, and how to obtain the files we may not redistribute. `load_dataset` checks the files
 against the card, then serves a parsed copy from an npz cache keyed by the files' checksums, so a
-repeated load costs a few milliseconds and a changed file can never be served stale.
+repeated load costs a few milliseconds and a changed file can never be served stale: the cache file
+also stores the checksums and part digests it was built from, and one that does not match (damaged,
+or another dataset's copied under its name) is ignored and rewritten. Every loaded dataset has rows
+in train, valid and test.
 """
 from __future__ import annotations
 
@@ -20,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-import yaml
 
+from mmbench import safeio
 from mmbench.atomic import atomic_copy, atomic_write
 from mmbench.data import readers
 from mmbench.data.dataset import FINGERPRINT_VERSION, SPLITS, Dataset, canonical_csr
-from mmbench.data.validate import one_line
-from mmbench.errors import ConfigError, DataError
+from mmbench.errors import ConfigError, DataError, MMBenchError
 
 FILE_LAYOUTS = ("mmssl", "mmrec")
 BUILTIN_LAYOUTS = ("ml100k", "synthetic")
@@ -71,10 +73,8 @@ def cache_dir() -> Path:
 def _cards(folder: str) -> dict[str, dict]:
     out = {}
     for path in sorted(Path(folder).glob("*.yaml")):
-        try:
-            c = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: malformed dataset card ({one_line(exc)})") from None
+        # a regular file of at most 1 MiB, UTF-8, YAML without aliases (cards are shared too)
+        c = safeio.load_yaml(path, "config", ConfigError, label=f"dataset card {path}")
         if not isinstance(c, dict) or c.get("name") != path.stem:
             raise ConfigError(f"{path}: a dataset card needs `name: {path.stem}`")
         layout = c.get("layout")
@@ -130,42 +130,64 @@ def get_instructions(c: dict) -> str:
 # --------------------------------------------------------------------------- checksums
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a dataset file; a FIFO or a device is refused (stat before open), never read."""
+    return safeio.sha256_file(path, "data", DataError)
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    """What identifies a file's version without reading it. Size + mtime alone miss a same-size
+    rewrite whose mtime was restored (`cp -p`, `touch -r`, `os.utime`); the inode changes on a
+    replace-by-rename and ctime on any write or utime, and neither can be set back by a user."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def _hash_table(store: Path) -> dict:
+    """The hash cache's table ({} when absent, unreadable or damaged: it is an optimisation only)."""
+    try:
+        table = json.loads(safeio.read_bytes(store, "cache", DataError))
+    except (DataError, ValueError, RecursionError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def _remember_hash(store: Path, key: str, stamp: list[int], digest: str) -> None:
+    """Add one entry under an exclusive lock on `<store>.lock`: two processes hashing different files
+    each re-read the table inside the lock, so neither drops the other's entries."""
+    from filelock import FileLock, Timeout
+
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{store}.lock", timeout=30):
+            table = _hash_table(store)
+            table[key] = {"stamp": stamp, "sha256": digest}
+            atomic_write(store, json.dumps(table, sort_keys=True).encode())
+    except (OSError, Timeout, MMBenchError):
+        pass  # a read-only or full cache directory only costs a re-hash next time
 
 
 def file_checksum(path: Path, use_cache: bool = True) -> str:
-    """sha256 of a file, remembered in the cache dir by (path, size, mtime) so it is hashed once."""
+    """sha256 of a regular file, remembered in the cache dir by (path, size, mtime_ns, inode,
+    ctime_ns) so it is hashed once per version of the file."""
     path = Path(path).resolve()
-    st = path.stat()
-    stamp = [st.st_size, st.st_mtime_ns]
+    stamp = _stamp(safeio.require_regular(path, "data", DataError))
     store = cache_dir() / HASH_CACHE
-    try:
-        table = json.loads(store.read_text())
-    except (OSError, ValueError):
-        table = {}
-    if not isinstance(table, dict):
-        table = {}
-    hit = table.get(str(path))
-    if use_cache and isinstance(hit, dict) and hit.get("stamp") == stamp:
-        return hit["sha256"]
+    if use_cache:
+        hit = _hash_table(store).get(str(path))
+        if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
+            return hit["sha256"]
     digest = sha256_file(path)
-    table[str(path)] = {"stamp": stamp, "sha256": digest}
-    try:
-        atomic_write(store, json.dumps(table, sort_keys=True).encode())
-    except OSError:
-        pass  # the hash cache is an optimisation only
+    if _stamp(safeio.require_regular(path, "data", DataError)) == stamp:  # unchanged while hashed
+        _remember_hash(store, str(path), stamp, digest)
     return digest
 
 
 def _check_present(c: dict, root: Path) -> None:
-    missing = [f for f in c["files"] if not (root / f).is_file()]
+    missing = [f for f in c["files"] if not os.path.exists(root / f)]
     if missing:
         raise DataError(f"dataset {c['name']}: missing file(s) {', '.join(missing)} in {root}; "
                         f"{get_instructions(c)}")
+    for f in c["files"]:  # a FIFO or device under a card's file name is refused, not read
+        safeio.require_regular(root / f, "data", DataError)
 
 
 def _checksums(c: dict, root: Path, verify: bool, use_cache: bool = True) -> dict[str, str]:
@@ -192,9 +214,10 @@ def _cache_key(c: dict, sums: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _save_cache(path: Path, ds: Dataset) -> None:
-    """Arrays + a JSON header, which holds the fingerprint's part digests so a warm load need not
-    re-hash (the file name's key covers the files, the reader and FINGERPRINT_VERSION)."""
+def _save_cache(path: Path, ds: Dataset, key: str, sums: dict[str, str]) -> None:
+    """Arrays + a JSON header. The header holds the fingerprint's part digests, the cache key and the
+    source files' checksums it was built from, so `_load_cache` can tell a cache that is not this
+    one's (damaged, stale, another dataset's copied under this name) and rebuild it."""
     arrays = {}
     for s in SPLITS:
         m = ds.split(s)
@@ -205,29 +228,80 @@ def _save_cache(path: Path, ds: Dataset) -> None:
         if getattr(ds, attr) is not None:
             arrays[attr] = np.asarray(getattr(ds, attr))
     header = {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items,
-              "modalities": list(ds.features), "meta": dict(ds.meta), "digests": ds.part_digests()}
+              "modalities": list(ds.features), "meta": dict(ds.meta), "digests": ds.part_digests(),
+              "cache_key": key, "files": dict(sums)}
     arrays["header"] = np.array(json.dumps(header))
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
-def _load_cache(path: Path) -> Dataset | None:
+class _StaleCache(Exception):
+    """A cache file that is not the one its name promises (internal: it is rebuilt)."""
+
+
+def _cached_csr(z, split: str, n_users: int, n_items: int) -> sp.csr_matrix:
+    """One split from the cache, after the shape checks that keep scipy from reading out of bounds."""
+    indptr, indices = z[f"{split}_indptr"], z[f"{split}_indices"]
+    if (indptr.ndim != 1 or indices.ndim != 1 or indptr.dtype.kind not in "iu"
+            or indices.dtype.kind not in "iu" or len(indptr) != n_users + 1):
+        raise _StaleCache(f"{split}: bad index arrays")
+    if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+        raise _StaleCache(f"{split}: bad indptr")
+    if indices.size and (indices.min() < 0 or indices.max() >= n_items):
+        raise _StaleCache(f"{split}: item id out of range")
+    m = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(n_users, n_items))
+    return canonical_csr(m)
+
+
+def _load_cache(path: Path, key: str, sums: dict[str, str], name: str) -> Dataset | None:
+    """The cached Dataset, or None (rebuild) unless the file is what `_save_cache` wrote for this
+    key: the same key, dataset name and source checksums in its header, arrays of the right shapes
+    that pass the load-time rules (`_validate_cached`) and hash to the part digests stored beside
+    them (a cache rewritten with other valid data is rebuilt, never served under another fingerprint)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
-            shape = (header["n_users"], header["n_items"])
-            mats = {}
-            for s in SPLITS:
-                indptr, indices = z[f"{s}_indptr"], z[f"{s}_indices"]
-                m = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=shape)
-                mats[s] = canonical_csr(m)
-            feats = {mod: z[f"feature_{k}"] for k, mod in enumerate(header["modalities"])}
+        with safeio.open_regular(path, "cache", DataError) as fh, np.load(fh, allow_pickle=False) as z:
+            header = json.loads(str(z["header"][()]))
+            if (not isinstance(header, dict) or header.get("cache_key") != key
+                    or header.get("files") != sums or header.get("name") != name):
+                raise _StaleCache("another dataset's or an older cache")
+            n_users, n_items = header["n_users"], header["n_items"]
+            if not all(type(n) is int and n >= 0 for n in (n_users, n_items)):
+                raise _StaleCache("bad sizes")
+            mats = {s: _cached_csr(z, s, n_users, n_items) for s in SPLITS}
+            mods = header["modalities"]
+            feats = {mod: z[f"feature_{k}"] for k, mod in enumerate(mods)}
+            if (len(set(map(str, mods))) != len(mods)
+                    or any(f.dtype != np.float32 or f.ndim != 2 or f.shape[0] != n_items for f in feats.values())):
+                raise _StaleCache("bad features")
             tokens = {a: z[a] for a in ("user_tokens", "item_tokens") if a in z.files}
-        ds = Dataset(header["name"], shape[0], shape[1], mats["train"], mats["valid"], mats["test"],
+            for a, n in (("user_tokens", n_users), ("item_tokens", n_items)):
+                if a in tokens and (tokens[a].ndim != 1 or len(tokens[a]) != n):
+                    raise _StaleCache(f"bad {a}")
+        _validate_cached(mats, feats, n_items)
+        ds = Dataset(header["name"], n_users, n_items, mats["train"], mats["valid"], mats["test"],
                      feats, meta=header["meta"], **tokens)
-        ds.adopt_digests(header["digests"])
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, EOFError):
-        return None  # a damaged cache is rebuilt from the files
+        if ds.part_digests() != header["digests"]:  # ~5 ms on TikTok: the content is what was cached
+            raise _StaleCache("arrays do not match the digests they were cached with")
+    except (_StaleCache, DataError, OSError, KeyError, IndexError, ValueError, TypeError,
+            AttributeError, zipfile.BadZipFile, EOFError, RecursionError):
+        return None  # a damaged or foreign cache is rebuilt from the files
     return ds
+
+
+def _validate_cached(mats: dict[str, sp.csr_matrix], feats: dict[str, np.ndarray], n_items: int) -> None:
+    """The load-time rules again, on the cached arrays (milliseconds, no hashing): every split has
+    rows, no pair twice or in two splits, finite features. Bytes damaged on disk already fail the
+    zip's CRC-32 when read; this catches arrays rewritten into a valid but impossible file."""
+    from mmbench.data import validate as V
+
+    splits = {}
+    for s, m in mats.items():
+        if m.nnz == 0:
+            raise _StaleCache(f"{s}: empty split")
+        users = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+        splits[s] = (users, np.asarray(m.indices, dtype=np.int64), s)
+    V.check_splits(splits, max(n_items, 1))  # a DataError here means: rebuild
+    for mod, f in feats.items():
+        V.check_feature(f, mod)
 
 
 # --------------------------------------------------------------------------- loading
@@ -260,25 +334,26 @@ def _card_meta(c: dict, ds: Dataset, root: Path | None) -> dict:
 def _load_card(c: dict, data_dir=None, verify_checksums=True, use_cache=True) -> Dataset:
     root = card_root(c, data_dir)
     if root is None:  # synthetic: generated in milliseconds, nothing to verify or cache
-        ds = _parse(c, None)
+        ds = readers.require_all_splits(_parse(c, None))
         return ds.replace(name=c["name"], meta=_card_meta(c, ds, None))
     _check_present(c, root)
     sums = _checksums(c, root, verify_checksums, use_cache)
-    path = cache_dir() / f"{c['name']}-{_cache_key(c, sums)}.npz"
-    ds = _load_cache(path) if use_cache and path.is_file() else None
+    key = _cache_key(c, sums)
+    path = cache_dir() / f"{c['name']}-{key}.npz"
+    ds = _load_cache(path, key, sums, c["name"]) if use_cache and os.path.lexists(path) else None
     if ds is None:
-        ds = _parse(c, root).replace(name=c["name"])
+        ds = readers.require_all_splits(_parse(c, root).replace(name=c["name"]))
         if use_cache:
             try:
-                _save_cache(path, ds)
-            except OSError as exc:
+                _save_cache(path, ds, key, sums)
+            except (OSError, MMBenchError) as exc:
                 warnings.warn(f"could not write the dataset cache {path}: {exc}", stacklevel=2)
     return ds.replace(checksums=sums, meta=_card_meta(c, ds, root))
 
 
 def _load_path(path: Path, use_cache=True) -> Dataset:
     """A directory in auto-detected layout, named by `readers.dataset_name_for_directory`."""
-    ds = readers.read_auto(path)
+    ds = readers.require_all_splits(readers.read_auto(path))
     root = Path(ds.meta["directory"])
     sums = {f: file_checksum(root / f, use_cache) for f in ds.meta["files"]}
     return ds.replace(checksums=sums, meta={**ds.meta, "card": None, "missing_modalities": []})

@@ -7,10 +7,12 @@ passes (the cache is filled only from validated data).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
+from mmbench import safeio
 from mmbench.errors import DataError
 
 # The column names of the MMRec layout and the x_label codes of its splits.
@@ -24,12 +26,12 @@ def one_line(exc: BaseException) -> str:
 
 
 def require_file(path: Path) -> Path:
-    """The path itself when it is a readable regular file, else a DataError naming it."""
+    """The path itself when it is a regular file, else a DataError naming it (checked with stat,
+    before any open: a FIFO or a device named like a dataset file must not hang or stream forever)."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.exists(path):
         raise DataError(f"{path}: missing file")
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file")
+    safeio.require_regular(path, "data", DataError)
     return path
 
 
@@ -45,13 +47,13 @@ def require_dir(path: Path) -> Path:
 def load_json_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Parse an MMSSL/LATTICE split file `{"<user>": [items]}` into (users, items) int64 arrays."""
     path = require_file(path)
+    text = safeio.read_text(path, "data", DataError)  # UTF-8 (BOM allowed); a bad byte by offset
     try:
-        with open(path, "rb") as fh:
-            data = json.load(fh)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: unreadable ({one_line(exc)})") from None
+    except (ValueError, RecursionError) as exc:  # an int past Python's digit limit, deep nesting
+        raise DataError(f"{path}: unreadable JSON ({safeio.clip(one_line(exc))})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: malformed split, expected a JSON object {{\"user\": [items]}}, "
                         f"got {type(data).__name__}")
@@ -109,7 +111,8 @@ def load_inter(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     path = require_file(path)
     try:
-        df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[], engine="c")
+        with safeio.open_regular(path, "data", DataError) as fh:
+            df = pd.read_csv(fh, sep="\t", keep_default_na=False, na_values=[], engine="c")
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file, expected a TSV header with {', '.join(REQUIRED_COLUMNS)}") from None
     except pd.errors.ParserError as exc:
@@ -123,7 +126,8 @@ def load_inter(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                         f"(header has: {', '.join(df.columns)})")
     raw = None  # a non-integer column is re-read as text, so errors quote the cell as written
     if any(df[c].dtype.kind not in "iu" for c in REQUIRED_COLUMNS):
-        raw = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, engine="c")
+        with safeio.open_regular(path, "data", DataError) as fh:
+            raw = pd.read_csv(fh, sep="\t", dtype=str, keep_default_na=False, engine="c")
         raw.columns = [str(c).strip() for c in raw.columns]
     cols = {c: int_column(df[c] if raw is None else raw[c], path, c) for c in REQUIRED_COLUMNS}
     check_non_negative(cols["userID"], path, "user")
@@ -159,15 +163,39 @@ def int_column(col, path: Path, name: str) -> np.ndarray:
 def load_feature(path: Path) -> np.ndarray:
     """Load one `.npy` feature matrix as float32 [n_items, d]; it must be 2-D, numeric and finite."""
     path = require_file(path)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(f"{path}: not a numeric .npy array ({one_line(exc)})") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable .npy file ({one_line(exc)})") from None
-    if not isinstance(arr, np.ndarray):
-        raise DataError(f"{path}: expected one array, found an archive")
+    with safeio.open_regular(path, "data", DataError) as fh:
+        _check_npy_size(fh, path)
+        try:
+            arr = np.load(fh, allow_pickle=False)
+        except ValueError as exc:
+            raise DataError(f"{path}: not a numeric .npy array ({safeio.clip(one_line(exc))})") from None
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path}: unreadable .npy file ({safeio.clip(one_line(exc))})") from None
+        if not isinstance(arr, np.ndarray):
+            arr.close()
+            raise DataError(f"{path}: expected one array, found an archive")
     return check_feature(arr, path)
+
+
+def _check_npy_size(fh, path: Path) -> None:
+    """A .npy header must promise no more data than the file holds: numpy would allocate the
+    promised shape before reading (a 100-byte file claiming 10^12 floats). Leaves `fh` at 0."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        shape, _, dtype = (fmt.read_array_header_1_0(fh) if version == (1, 0)
+                           else fmt.read_array_header_2_0(fh))
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError):
+        fh.seek(0)
+        return  # not a .npy (an .npz, or junk): np.load reports it
+    have = os.fstat(fh.fileno()).st_size - fh.tell()
+    fh.seek(0)
+    if dtype.hasobject:
+        return  # np.load refuses it (allow_pickle=False)
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > have:
+        raise DataError(f"{path}: the .npy header promises {need} bytes of data for shape "
+                        f"{safeio.clip(tuple(shape))}, the file holds {have}")
 
 
 def check_feature(arr: np.ndarray, path: Path | str) -> np.ndarray:
@@ -199,6 +227,15 @@ def check_items_in_features(items: np.ndarray, n_rows: int, source: str, feature
     if items.size and items.max() >= n_rows:
         raise DataError(f"{source}: item id {int(items.max())} is beyond the {n_rows} rows of the "
                         f"feature files ({feature_label})")
+
+
+def check_split_rows(counts: dict[str, int], sources: dict[str, str]) -> None:
+    """Every split has rows: an empty valid split stops nothing early, an empty test split scores
+    nobody, and either would print metrics that look like results. `sources` name the files."""
+    for split in ("train", "valid", "test"):
+        if not counts.get(split):
+            raise DataError(f"{sources.get(split, '?')}: the {split} split is empty (no interactions); "
+                            f"a dataset needs train, valid and test interactions")
 
 
 def check_splits(splits: dict[str, tuple[np.ndarray, np.ndarray, str]], n_items: int) -> None:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mmbench import safeio
 from mmbench.errors import ConfigError, DataError
 from mmbench.eval.metrics import METRICS
+from mmbench.safeio import shown
 
 
 def _token_map(tokens, n: int):
@@ -31,47 +33,79 @@ def _token_map(tokens, n: int):
 
 
 def read_recs_file(path, dataset) -> dict[int, list[int]]:
-    """{dense user: [dense items in rank order]}; any malformed line is a DataError naming it."""
+    """{dense user: [dense items in rank order]}; any malformed line is a DataError naming it.
+
+    Read through `mmbench.safeio` as a stream: a regular file of at most 1 GiB (never a FIFO or a
+    device), UTF-8 with or without a BOM (a BOM never becomes part of the first user id).
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read recommendations file ({exc})") from None
     user_of = _token_map(getattr(dataset, "user_tokens", None), dataset.n_users)
     item_of = _token_map(getattr(dataset, "item_tokens", None), dataset.n_items)
     recs: dict[int, list[int]] = {}
     seen_line: dict[int, int] = {}
-    for no, raw in enumerate(text.splitlines(), start=1):
+    name = shown(dataset.name)
+    for no, raw in safeio.iter_lines(path, "recs", DataError, label=f"{safeio.clip(path, 200)}"):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        where = f"{path}:{no}"
-        parts = raw.rstrip("\r\n").split("\t")
+        where = f"{safeio.clip(path, 200)}:{no}"
+        parts = raw.split("\t")
         if len(parts) != 2:
-            raise DataError(f"{where}: expected 'user<TAB>item,item,...', got {raw[:60]!r}")
+            raise DataError(f"{where}: expected 'user<TAB>item,item,...', got {shown(raw)}")
         u_txt, items_txt = parts[0].strip(), parts[1].strip()
         try:
             u = user_of(u_txt)
         except ValueError:
-            raise DataError(f"{where}: user {u_txt!r} is not an integer id") from None
+            raise DataError(f"{where}: user {shown(u_txt)} is not an integer id") from None
         if u is None:
-            raise DataError(f"{where}: unknown user {u_txt!r} (not in dataset {dataset.name!r})")
+            raise DataError(f"{where}: unknown user {shown(u_txt)} (not in dataset {name})")
         if u in seen_line:
-            raise DataError(f"{where}: user {u_txt!r} already listed on line {seen_line[u]}")
+            raise DataError(f"{where}: user {shown(u_txt)} already listed on line {seen_line[u]}")
         items: list[int] = []
         for tok in (t.strip() for t in items_txt.split(",")) if items_txt else ():
             try:
                 i = item_of(tok)
             except ValueError:
-                raise DataError(f"{where}: item {tok!r} is not an integer id") from None
+                raise DataError(f"{where}: item {shown(tok)} is not an integer id") from None
             if i is None:
-                raise DataError(f"{where}: unknown item {tok!r} (not in dataset {dataset.name!r})")
+                raise DataError(f"{where}: unknown item {shown(tok)} (not in dataset {name})")
             items.append(i)
         if len(set(items)) != len(items):
-            raise DataError(f"{where}: user {u_txt!r} lists the same item more than once")
+            raise DataError(f"{where}: user {shown(u_txt)} lists the same item more than once")
         recs[u] = items
         seen_line[u] = no
     return recs
+
+
+def require_lists(recs: dict[int, list[int]], path) -> None:
+    """No list at all, or only empty lists, is a DataError: scoring it would print zeros that look
+    like a result."""
+    where = safeio.clip(path, 200)
+    if not recs:
+        raise DataError(f"{where}: no recommendation lists (every line is blank or a comment)")
+    if not any(recs.values()):
+        raise DataError(f"{where}: all {len(recs)} recommendation lists are empty")
+
+
+def coverage(recs: dict[int, list[int]], users: np.ndarray, path, split: str) -> tuple[int, str | None]:
+    """(users of the split with a list, a note on partial coverage or None). Lists for none of the
+    split's users is a DataError (every score would be 0)."""
+    listed = np.fromiter(recs, dtype=np.int64, count=len(recs))
+    covered = int(np.isin(users, listed).sum())
+    if covered == 0:
+        raise DataError(f"{safeio.clip(path, 200)}: none of its {len(recs)} lists is for one of the "
+                        f"{len(users)} users with {split} items; nothing to score")
+    missing = len(users) - covered
+    extra = len(recs) - covered
+    note = None
+    if missing or extra:
+        parts = [f"scored {covered} of {len(users)} {split} users"]
+        if missing:
+            parts.append(f"{missing} without a list score 0")
+        if extra:
+            parts.append(f"{extra} list(s) for users without {split} items not scored")
+        note = "; ".join(parts)
+    return covered, note
 
 
 def _parse_ks(text: str) -> tuple[int, ...]:
@@ -115,9 +149,12 @@ def cmd_evaluate(args) -> int:
     ks = _parse_ks(args.ks)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     recs = read_recs_file(args.recs, data)
+    require_lists(recs, args.recs)
     res = evaluate_topk(recs, data, split=args.split, ks=ks, mask=args.mask)
-    covered = int(np.isin(res.users, np.fromiter(recs, dtype=np.int64, count=len(recs))).sum())
+    covered, note = coverage(recs, np.asarray(res.users), args.recs, res.split)
     print(f"dataset {data.name}  split {res.split}  mask {res.mask}  "
           f"users {len(res.users)} (with recommendations: {covered})")
+    if note:
+        print(note)
     print(format_table(res.mean, res.ks))
     return 0

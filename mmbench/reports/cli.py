@@ -104,7 +104,10 @@ def _figure_budgets(sets: dict, dataset: str | None) -> set[str]:
 def cmd_report(args) -> int:
     from mmbench.reports.common import load_budgets, parse_config_of
 
+    from mmbench import preflight
+
     stats.parse_buckets(args.buckets)  # bad input fails before any file is written
+    preflight.writable_folder(args.out, "--out")
     sets = load_budgets(args.results, args.budget, parse_config_of(args.config_of))
     names = ARTEFACTS if args.artefact == "all" else (args.artefact,)
     figure_budgets = _figure_budgets(sets, args.figure_dataset) if "figure1" in names else set()

@@ -4,6 +4,12 @@ One loop for every model, RecBole adapters included (they plug in through the sa
 run checkpoints and resumes: parameters, `extra_state()`, optimisers, the sampler's state and the
 global torch (and CUDA) and numpy RNGs, saved after an epoch and restored before the next.
 
+Checkpoints run no code when read: they hold tensors and plain containers only (dict, list, tuple,
+str, int, float, bool, None; see `to_checkpoint`) and are loaded with `weights_only=True`, so a
+checkpoint planted in a results folder cannot execute anything. One that cannot be loaded (planted,
+truncated, from another version of a model) is moved aside to `checkpoint.pt.bad-<UTC time>` with a
+one-line warning, and the run starts fresh.
+
 Leakage-proof by construction: the loop runs on a copy of the dataset whose test split is EMPTY, and
 the model itself only ever sees `train_view()`. The test split is evaluated exactly once, after the
 loop, with the best-valid state.
@@ -11,22 +17,86 @@ loop, with the best-valid state.
 from __future__ import annotations
 
 import copy
+import re
 import resource
+import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mmbench import safeio
 from mmbench.atomic import atomic_write
 from mmbench.data.dataset import Dataset
+from mmbench.errors import DiskFullError
 from mmbench.eval import EvalResult, evaluate
 from mmbench.train.determinism import seed_everything  # noqa: F401  (re-exported)
 from mmbench.train.progress import EpochProgress
 
 CHECKPOINT = "checkpoint.pt"
+# what a checkpoint holds besides tensors and containers (all that `weights_only=True` unpickles)
+_PLAIN = (str, bytes, int, float, complex, bool, type(None), torch.Size, torch.dtype, torch.device)
+_NUMPY = "__numpy__"  # the tag of an encoded numpy array or scalar
+_KEYS = ("epoch", "model", "extra", "optimizers", "sampler", "torch_rng", "np_rng", "history",
+         "valid_hits", "valid_epochs", "best", "bad_evals")
+
+
+def to_checkpoint(obj: Any, where: str = "checkpoint") -> Any:
+    """`obj` in the form a checkpoint may hold: numpy arrays and scalars become tagged dicts around
+    a uint8 tensor of their bytes (exact for every dtype, so resumed runs stay byte-identical);
+    tensors, plain values and dict/list/tuple/set containers pass through. Anything else is a
+    TypeError naming where it is: `weights_only=True` would refuse to load it back."""
+    if isinstance(obj, (np.ndarray, np.generic)):  # first: np.float64 is also a float
+        arr = np.asarray(obj)  # tobytes() below is C order whatever the strides
+        if arr.dtype.hasobject:
+            raise TypeError(f"{where}: a numpy array of Python objects cannot be checkpointed")
+        data = torch.from_numpy(np.frombuffer(arr.tobytes(), dtype=np.uint8).copy())
+        return {_NUMPY: "scalar" if isinstance(obj, np.generic) else "array",
+                "dtype": arr.dtype.str, "shape": list(arr.shape), "data": data}
+    if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN):
+        return obj
+    if type(obj) in (dict, OrderedDict):
+        out = copy.copy(obj)  # an OrderedDict keeps its attributes (a state_dict's `_metadata`)
+        for k, v in obj.items():
+            out[k] = to_checkpoint(v, f"{where}[{k!r}]")
+        return out
+    if type(obj) in (list, tuple, set):
+        return type(obj)(to_checkpoint(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__qualname__} cannot be checkpointed "
+                    f"(tensors, numpy arrays and dict/list/tuple of plain values only)")
+
+
+def _why(exc: BaseException) -> str:
+    """One short line on why a checkpoint was refused (torch's weights-only refusal is a page: keep
+    the phrase that names what it refused, e.g. `Unsupported global: GLOBAL posix.system`)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "Weights only load failed" in text:
+        found = re.search(r"(?:Unsupported|Trying to load unsupported)[^\n]*", text)
+        detail = found.group(0).split(" was not an allowed")[0].split(" whose module")[0] if found else ""
+        return "refused by weights_only" + (f": {detail[:160]}" if detail else "")
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    return f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
+
+
+def from_checkpoint(obj: Any) -> Any:
+    """The inverse of `to_checkpoint`: tagged dicts back to numpy arrays (writable) and scalars."""
+    if type(obj) in (dict, OrderedDict):
+        if obj.get(_NUMPY) in ("array", "scalar"):
+            arr = np.frombuffer(obj["data"].cpu().numpy().tobytes(), dtype=np.dtype(obj["dtype"]))
+            arr = arr.reshape(tuple(obj["shape"])).copy()
+            return arr[()] if obj[_NUMPY] == "scalar" else arr
+        out = copy.copy(obj)
+        for k, v in obj.items():
+            out[k] = from_checkpoint(v)
+        return out
+    if type(obj) in (list, tuple, set):
+        return type(obj)(from_checkpoint(v) for v in obj)
+    return obj
 
 
 @dataclass
@@ -133,12 +203,54 @@ class Trainer:
     def _save(self, state: dict) -> None:
         if self.run_dir is None:
             return
-        atomic_write(self.run_dir / CHECKPOINT, lambda fh: torch.save(state, fh))
+        path = self.run_dir / CHECKPOINT
+        state = to_checkpoint(state)
+        try:
+            atomic_write(path, lambda fh: torch.save(state, fh))
+        except DiskFullError as exc:
+            kept = "the last complete checkpoint is kept" if path.exists() else "no earlier checkpoint"
+            raise DiskFullError(path, exc.reason, f"nothing half-written; {kept}") from exc
 
-    def _load(self) -> dict | None:
+    def _load(self, n_optimizers: int) -> dict | None:
+        """The checkpoint of this run folder, or None: none there, or an unusable one (moved aside)."""
         if self.run_dir is None or not (self.run_dir / CHECKPOINT).exists():
             return None
-        return torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        try:
+            safeio.require_regular(self.run_dir / CHECKPOINT, "checkpoint")  # a FIFO would hang torch.load
+            state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=True)
+            self._check_checkpoint(state, n_optimizers)
+            return from_checkpoint(state)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the run starts fresh
+            self._set_aside(exc)
+            return None
+
+    def _check_checkpoint(self, state: Any, n_optimizers: int) -> None:
+        """Refuse, before anything is restored, a checkpoint that does not fit this run's model."""
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a dict")
+        missing = [k for k in _KEYS if k not in state]
+        if missing:
+            raise ValueError(f"lacks {', '.join(missing)}")
+        ours = self.model.state_dict()
+        theirs = state["model"]
+        if not isinstance(theirs, dict) or set(theirs) != set(ours):
+            raise ValueError("its parameters are not this model's")
+        for k, v in ours.items():
+            if not isinstance(theirs[k], torch.Tensor) or theirs[k].shape != v.shape:
+                raise ValueError(f"parameter {k} has another shape")
+        if not isinstance(state["optimizers"], list) or len(state["optimizers"]) != n_optimizers:
+            raise ValueError("its optimisers are not this model's")
+
+    def _set_aside(self, exc: BaseException) -> None:
+        """Move an unusable checkpoint to `checkpoint.pt.bad-<UTC time>` and say so in one line."""
+        path = self.run_dir / CHECKPOINT
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        bad, n = path.with_name(f"{CHECKPOINT}.bad-{stamp}"), 1
+        while bad.exists():
+            bad, n = path.with_name(f"{CHECKPOINT}.bad-{stamp}-{n}"), n + 1
+        path.rename(bad)
+        print(f"[warn] {path}: cannot be loaded ({_why(exc)}); moved aside to {bad.name}, starting fresh",
+              file=sys.stderr)
 
     def _snapshot(self) -> dict:
         return {
@@ -149,6 +261,17 @@ class Trainer:
     def _restore(self, snap: dict) -> None:
         self.model.load_state_dict(snap["model"])
         self.model.load_extra_state(snap["extra"])
+
+    def _resume(self, resumed: dict, optimizers, sampler) -> None:
+        """Parameters, extra state, optimisers, sampler and the global RNGs from a checkpoint."""
+        self._restore({"model": resumed["model"], "extra": resumed["extra"]})
+        for opt, st in zip(optimizers, resumed["optimizers"]):
+            opt.load_state_dict(st)
+        sampler.load_state_dict(resumed["sampler"])
+        torch.set_rng_state(resumed["torch_rng"].cpu())  # loaded with map_location=device
+        if resumed.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(resumed["cuda_rng"].cpu(), self.device)
+        np.random.set_state(resumed["np_rng"])
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -164,16 +287,18 @@ class Trainer:
         best = {"score": -np.inf, "epoch": 0, "state": self._snapshot(), "valid": {}}
         bad_evals = 0
         start_epoch = 1
-        resumed = self._load()
+        resumed = self._load(len(optimizers))
         if resumed is not None:
-            self._restore({"model": resumed["model"], "extra": resumed["extra"]})
-            for opt, st in zip(optimizers, resumed["optimizers"]):
-                opt.load_state_dict(st)
-            sampler.load_state_dict(resumed["sampler"])
-            torch.set_rng_state(resumed["torch_rng"].cpu())  # loaded with map_location=device
-            if resumed.get("cuda_rng") is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(resumed["cuda_rng"].cpu(), self.device)
-            np.random.set_state(resumed["np_rng"])
+            try:
+                self._resume(resumed, optimizers, sampler)
+            except Exception as exc:  # noqa: BLE001 - fitted the checks but not the model: start fresh
+                self._set_aside(exc)
+                resumed = None
+                self._restore(best["state"])
+                seed_everything(self.seed)
+                sampler = self.model.make_sampler(self.data.train, cfg.batch_size, self.seed)
+                optimizers = self.model.configure_optimizers()
+        if resumed is not None:
             history, valid_hits, valid_epochs = resumed["history"], resumed["valid_hits"], resumed["valid_epochs"]
             best, bad_evals, start_epoch = resumed["best"], resumed["bad_evals"], resumed["epoch"] + 1
         valid_counts = None
