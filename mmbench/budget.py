@@ -1,8 +1,17 @@
 """Budgets: named caps on the work of a run, without touching the protocol (valid-only early
 stopping, test once).
 
-`full` is the models' own settings; `quick` and `smoke` cap epochs and patience (heavy models —
-MMSSL, SGL, NCL: tens of seconds per epoch on a laptop even on ML-100K — get 1 epoch under both).
+One epoch cap and one patience per budget, the same for every model:
+
+    budget   epochs / patience        under `run`, heavy models (MMSSL, SGL, NCL)
+    full     1000 / 20 (the trainer's defaults)   the same
+    quick    10 / 3                   1 / 1
+    smoke    2 / 1                    1 / 1
+
+`full` applies no caps of its own: the trainer's defaults hold, except where a model's
+author-published per-dataset preset says otherwise (MMSSL's patience 8 on the authors' datasets).
+Heavy models take tens of seconds per epoch on a laptop even on ML-100K, so `run` gives them 1 epoch
+under quick and smoke; `tune` does not (`tune_caps`): every model of a study gets the same caps.
 A run whose `--set`/`--config` changed `epochs` or `patience` is labelled `custom`: its numbers are
 neither a full result nor one of the named smoke checks. The label is part of a run's identity.
 """
@@ -30,9 +39,22 @@ def check_budget(budget: str) -> str:
 
 
 def budget_caps(budget: str, heavy: bool) -> dict[str, Any]:
-    """The overrides `budget` applies to a model (heavy models have their own `quick` caps)."""
+    """The overrides `budget` applies to a model under `run` (heavy models have their own `quick`
+    and `smoke` caps)."""
     check_budget(budget)
     return dict(HEAVY_BUDGETS.get(budget, BUDGETS[budget]) if heavy else BUDGETS[budget])
+
+
+def tune_caps(budget: str) -> dict[str, Any]:
+    """The caps every model gets while tuning under `budget`: the budget's plain caps, and for
+    `full` the trainer's defaults stated explicitly, so neither a heavy-model cap nor a preset's
+    patience gives one model of a comparison more or fewer epochs than another."""
+    from mmbench.config import TRAINER_DEFAULTS
+
+    check_budget(budget)
+    caps = {k: TRAINER_DEFAULTS[k] for k in CAPPED_KEYS}
+    caps.update(BUDGETS[budget])
+    return caps
 
 
 def budget_label(budget: str, resolved: dict[str, Any], budget_only: dict[str, Any]) -> str:

@@ -56,8 +56,8 @@ def collect(results: Path, dataset: str, split: str = "test", fingerprint: str |
     runs = []
     for folder in records.find_records(results) if Path(results).is_dir() else []:
         rec = records.read_record(folder)
-        if rec.dataset.name != dataset or rec.test is None:
-            continue
+        if rec.is_trial or rec.dataset.name != dataset or rec.test is None:
+            continue  # a tuning trial (validation only) is never gated
         if fingerprint is not None and rec.dataset.fingerprint != fingerprint:
             continue
         if budget is not None and rec.budget != budget:

@@ -55,11 +55,35 @@ def _add_run(sub) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars: one line per epoch instead (what a redirected log gets anyway)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first model that crashes")
+    p.add_argument("--tuned", action="store_true",
+                   help="use the configurations `mmbench tune` selected on valid (<results>/tuning/<dataset>.yaml, "
+                        "tuned under the same --budget); models it lacks keep their defaults; records name "
+                        "their tuning")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="runs side by side on a local Dask cluster of N worker processes (one run each, "
+                        "longest first); 1 trains in this process without Dask")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="send the runs to this running Dask scheduler (`dask worker ADDRESS --nthreads 1`, "
+                        "dask-jobqueue); --results must be a folder every worker shares, with POSIX locks")
+    p.add_argument("--run-timeout", type=_positive_seconds, metavar="SECONDS",
+                   help="end a run that has run this long, at its next epoch (on Dask, a run stuck in an "
+                        "epoch has its worker restarted): it fails with error.json and a rerun resumes it")
     p.set_defaults(func=cmd_run)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text[:40]!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number of seconds, got {text[:40]!r}")
+    return value
 
 
 def cmd_run(args) -> int:
     from mmbench import preflight
+    from mmbench.errors import ConfigError
     from mmbench.data.registry import load_dataset
     from mmbench.runner import (check_model_fits_data, expand_models, model_config, parse_seeds,
                                 run_all, summary_table)
@@ -70,10 +94,24 @@ def cmd_run(args) -> int:
     seeds = preflight.seeds(parse_seeds(args.seeds))
     device = resolve_device(preflight.device(args.device))
     preflight.writable_folder(args.results, "--results")
+    on_dask = args.workers > 1 or args.scheduler is not None
+    if args.scheduler is not None and args.workers != 1:
+        raise ConfigError("--workers and --scheduler: choose one (the scheduler's workers run the grid)")
+    if args.scheduler is not None:
+        from mmbench.grid import check_scheduler_address
+
+        check_scheduler_address(args.scheduler)
     name = preflight.dataset_name(args.dataset)
+    tuned = None
+    if args.tuned:
+        from mmbench.tune import check_tuned_data, load_tuned
+
+        tuned = load_tuned(args.results, name, args.budget)
     for m in models:
-        model_config(m, name, args.budget, args.config, args.set_items)
+        model_config(m, name, args.budget, args.config, args.set_items, tuned)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
+    if tuned:
+        check_tuned_data(tuned, data)
     if args.models.strip() == "all" and not data.features:
         from mmbench.models.base import get_model_class
 
@@ -82,19 +120,33 @@ def cmd_run(args) -> int:
         if skipped:
             print(f"[skip] {data.name} has no item features: not running {', '.join(skipped)}", file=sys.stderr)
     for m in models:  # data-dependent checks (modalities, features) right after loading
-        check_model_fits_data(m, model_config(m, data.name, args.budget, args.config, args.set_items), data)
+        check_model_fits_data(m, model_config(m, data.name, args.budget, args.config, args.set_items, tuned), data)
     print(f"mmbench run: {len(models)} model(s) × {len(seeds)} seed(s) on {data.name} "
           f"({data.n_users} users, {data.n_items} items, modalities {data.modalities or 'none'}, "
           f"data {data.fingerprint[:12]}) on {device}, {args.threads} thread(s) per run, "
           f"budget {args.budget}", file=sys.stderr)
-    outcomes = run_all(models, data, seeds, device, Path(args.results), args.budget, args.config,
-                       args.set_items, progress="lines" if args.no_progress else "auto",
-                       fail_fast=args.fail_fast,
-                       threads=args.threads)
+    if on_dask:  # imported only here: `--workers 1` never imports dask
+        try:
+            from mmbench import grid
+        except ImportError as exc:
+            raise ConfigError(f"--workers/--scheduler need dask[distributed] ({exc}): "
+                              "pip install 'dask[distributed]'") from None
+
+        runs = grid.plan(models, data, seeds, device, Path(args.results), dataset_spec=args.dataset,
+                         data_dir=args.data_dir, budget=args.budget, config_file=args.config,
+                         set_items=args.set_items, threads=args.threads, run_timeout=args.run_timeout,
+                         tuned=tuned)
+        outcomes = grid.run_grid(runs, data.name, workers=args.workers, scheduler=args.scheduler,
+                                 fail_fast=args.fail_fast, run_timeout=args.run_timeout)
+    else:
+        outcomes = run_all(models, data, seeds, device, Path(args.results), args.budget, args.config,
+                           args.set_items, progress="lines" if args.no_progress else "auto",
+                           fail_fast=args.fail_fast, threads=args.threads, run_timeout=args.run_timeout,
+                           tuned=tuned)
     print(summary_table(outcomes))
-    failed = [o for o in outcomes if o.status == "failed"]
+    failed = [o for o in outcomes if o.status in ("failed", "cancelled")]
     for o in failed:
-        print(f"failed: {o.model} seed {o.seed}: {o.error}", file=sys.stderr)
+        print(f"{o.status}: {o.model} seed {o.seed}: {o.error}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -146,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
     add_evaluate_parser(sub)
-    for optional in ("mmbench.reports.cli", "mmbench.check"):
+    for optional in ("mmbench.reports.cli", "mmbench.check", "mmbench.tune_cli", "mmbench.runs_cli"):
         try:
             mod = __import__(optional, fromlist=["add_parser"])
         except ImportError:

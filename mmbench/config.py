@@ -1,7 +1,8 @@
 """Run configuration: every key declared once (type, range, choices), layered resolution, a stable hash.
 
 Precedence (lowest first): trainer defaults < model defaults < the model's per-dataset preset <
-`--config FILE` < `--set key=value`. Every key must be declared (trainer or model); unknown keys are an
+a tuned configuration (`mmbench tune`, used by `run --tuned`; a trial's parameters while tuning) <
+the budget's caps < `--config FILE` < `--set key=value`. Every key must be declared (trainer or model); unknown keys are an
 error, so a typo never silently does nothing.
 
 A key is declared by a `Param`: the trainer's keys in `TRAINER_PARAMS` below, a model's keys in its
@@ -290,7 +291,9 @@ def _parse_number(text: str, bad) -> int | float:
 # --------------------------------------------------------------------------- the trainer's keys
 
 TRAINER_PARAMS: dict[str, Param] = {
-    "epochs": Param(500, int, min=1, doc="maximum training epochs"),
+    # One epoch cap and one patience for every model under the full budget (README, "Budgets"); a
+    # model states other values only in an author-published per-dataset preset (MMSSL's patience 8).
+    "epochs": Param(1000, int, min=1, doc="maximum training epochs"),
     "patience": Param(20, int, min=0, doc="epochs without a better valid metric before stopping; 0 = never"),
     "eval_every": Param(1, int, min=1, doc="validate every N epochs"),
     "batch_size": Param(2048, int, min=1, doc="BPR triples per batch"),
@@ -422,9 +425,17 @@ def resolve(
     set_overrides: dict[str, str] | None = None,
     model_name: str = "",
     config_path: str | Path | None = None,
+    *,
+    tuned: dict[str, Any] | None = None,
+    tuned_source: str = "tuned configuration",
+    caps: dict[str, Any] | None = None,
 ) -> Config:
     """Merge the layers; every value is coerced and validated against its key's declaration, and a
-    key no layer below declares is an error. `config_path` names the `--config` file in messages."""
+    key no layer below declares is an error. `config_path` names the `--config` file in messages.
+
+    Layers, lowest first: defaults, `preset`, `tuned` (named `tuned_source` in messages), `caps`
+    (the budget's epochs/patience), `file_overrides`, `set_overrides`. A tuned value sits below the
+    budget so that a search can never change what a budget caps."""
     params = declarations(model_defaults)
     known = set(params)
     who = f"model {model_name!r}" if model_name else "model"
@@ -445,11 +456,15 @@ def resolve(
         apply(0, f"{who} defaults" if in_model else "trainer defaults", key, param.default)
     for key, value in (preset or {}).items():
         apply(1, f"{who} preset", key, value)
+    for key, value in (tuned or {}).items():
+        apply(2, tuned_source, key, value)
+    for key, value in (caps or {}).items():
+        apply(3, "budget caps", key, value)
     file_source = f"config file {_clip(config_path)}" if config_path is not None else "config file"
     for key, value in (file_overrides or {}).items():
-        apply(2, file_source, key, value)
+        apply(4, file_source, key, value)
     for key, text in (set_overrides or {}).items():
-        apply(3, f"--set {_clip(key)}={_clip(text)}", key, text)
+        apply(5, f"--set {_clip(key)}={_clip(text)}", key, text)
     _check_together(values, origin)
     return Config(values)
 

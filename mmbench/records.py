@@ -91,10 +91,20 @@ class RunRecord:
     arrays_sha256: str | None = None  # None only for upgraded schema-1 records
     schema_version: int = SCHEMA_VERSION
     upgraded_from: int | None = None  # set in memory when read from an older schema
+    # Optional (absent from older schema-2 records, and from the JSON when None):
+    # a tuning trial's {study, number, params, state, ...}: validation only, `test` None; reports
+    # and `check` skip these records.
+    trial: dict[str, Any] | None = None
+    # the provenance of a tuned configuration (`mmbench run --tuned`): {file, study, trials, budget,
+    # valid_metric, best_valid, ...}; None for a run on the default configuration.
+    tuned: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGET_LABELS:
             raise ValueError(f"budget must be one of {BUDGET_LABELS}, got {self.budget!r}")
+        for name in ("trial", "tuned"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping or null, got {type(getattr(self, name)).__name__}")
         for split, metrics in (("valid", self.valid), ("test", self.test)):
             for key, value in (metrics or {}).items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -105,8 +115,16 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("upgraded_from")
+        for optional in ("trial", "tuned"):  # a default run's record.json stays as before
+            if out[optional] is None:
+                out.pop(optional)
         out["arrays"] = ARRAYS
         return out
+
+    @property
+    def is_trial(self) -> bool:
+        """A tuning trial (validation only): never reported, gated or ranked."""
+        return self.trial is not None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunRecord":

@@ -8,19 +8,37 @@ from functools import lru_cache
 from mmbench.records import UNKNOWN
 
 
-def budget_of_schema1(model: str, dataset: str, config: dict) -> str:
-    """The named budget whose epochs/patience (with the model's preset for `dataset`) match the
-    record's config; `custom` when none does or the model no longer exists."""
-    from mmbench.budget import BUDGETS, CUSTOM, CAPPED_KEYS
-    from mmbench.errors import MMBenchError
-    from mmbench.runner import model_config
+# The budget table of wave 1, frozen: schema-1 records were made under it, and today's `full` caps
+# (1000 epochs / patience 20 for every model) are not theirs. Wave 1's `full` was each model's own
+# settings: 500 epochs / patience 20, MMSSL and its variants 1000 / 8 (the authors' code); `quick` and
+# `smoke` capped every model at 10 / 3 and 2 / 1, its heavy models (the MMSSL family, SGL, NCL) at 1 / 1.
+WAVE1_MMSSL = ("mmssl", "mmssl-official", "mmssl-wo-asl", "mmssl-wo-cl", "mmssl-wo-gt", "mmssl-rp-gae")
+WAVE1_HEAVY = WAVE1_MMSSL + ("recbole-sgl", "recbole-ncl")
+WAVE1_FULL = {"epochs": 500, "patience": 20}
+WAVE1_MMSSL_FULL = {"epochs": 1000, "patience": 8}
+WAVE1_CAPS = {"quick": {"epochs": 10, "patience": 3}, "smoke": {"epochs": 2, "patience": 1}}
+WAVE1_HEAVY_CAPS = {"quick": {"epochs": 1, "patience": 1}, "smoke": {"epochs": 1, "patience": 1}}
 
-    for budget in BUDGETS:
-        try:
-            caps = model_config(model, dataset, budget)
-        except MMBenchError:
-            return CUSTOM
-        if all(caps.get(k) == config.get(k) for k in CAPPED_KEYS):
+
+def wave1_caps(model: str, budget: str) -> dict:
+    """The epochs/patience `budget` gave `model` in wave 1 (the frozen table above)."""
+    if budget == "full":
+        return dict(WAVE1_MMSSL_FULL if model in WAVE1_MMSSL else WAVE1_FULL)
+    return dict((WAVE1_HEAVY_CAPS if model in WAVE1_HEAVY else WAVE1_CAPS)[budget])
+
+
+def budget_of_schema1(model: str, dataset: str, config: dict) -> str:
+    """The named budget whose wave-1 epochs/patience (`wave1_caps`) match the record's config;
+    `custom` when none does or the model no longer exists. `dataset` is unused since wave 1 had no
+    per-dataset caps; it stays in the signature the record reader calls."""
+    from mmbench.budget import CAPPED_KEYS, CUSTOM
+    from mmbench.models.base import registry
+
+    if model not in registry(allow_broken=True):  # a broken zoo module is reported elsewhere
+        return CUSTOM
+    for budget in ("full", "quick", "smoke"):
+        caps = wave1_caps(model, budget)
+        if all(caps[k] == config.get(k) for k in CAPPED_KEYS):
             return budget
     return CUSTOM
 

@@ -8,8 +8,10 @@ regulariser (on the ID ego rows of the batch) are LightGCN's; W is left unregula
 The paper gives no more detail than "incorporate multi-modal item features during the graph-based
 message passing", so this is our reading of it.
 
-`feature_norm` defaults to `zscore` (centred columns): on TikTok VALID, `l2` rows (all image rows share
-one dominant direction) peaked at R@20 0.052 by epoch 3, zscore kept improving to 0.077 (epoch 77).
+`feature_norm` defaults to `l2` (each row to unit length, the generic choice VBPR and MMGCN make here
+too). The `tiktok` preset uses `zscore` (centred columns), chosen by our wave-1 runs on TikTok VALID:
+`l2` rows (all TikTok image rows share one dominant direction) peaked at R@20 0.052 by epoch 3, zscore
+kept improving to 0.077 (epoch 77). Any other search is `mmbench tune`'s (models/spaces/lightgcn-m.yaml).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from mmbench.models.multimodal import FEATURE_NORMS, ItemFeatures
 
 @register("lightgcn-m")
 class LightGCNM(LightGCN):
-    defaults = {**LightGCN.defaults, "feature_norm": Param("zscore", str, choices=FEATURE_NORMS)}
+    defaults = {**LightGCN.defaults, "feature_norm": Param("l2", str, choices=FEATURE_NORMS)}
+    presets = {"tiktok": {"feature_norm": "zscore"}}  # chosen on TikTok VALID (module docstring)
     uses_features = True
 
     def __init__(self, data, cfg):

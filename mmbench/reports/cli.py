@@ -42,6 +42,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--budget", choices=records.BUDGET_LABELS, default=None,
                    help="report only the runs of this budget (default: every budget present, each in "
                         "its own files)")
+    p.add_argument("--tuned", action="store_true",
+                   help="report runs on tuned configurations (`mmbench run --tuned`) where they exist, default-"
+                        "configuration runs elsewhere, each row labelled default or tuned (N trials); marks and "
+                        "tests compare only cells of the same kind. Without it, only default-configuration runs")
     p.add_argument("--config-of", dest="config_of", action="append", default=[], metavar="MODEL=HASH",
                    help="use this configuration of MODEL (its config_hash, or a prefix of it) wherever it "
                         "ran, instead of its newest; repeatable. A model's configurations are never averaged")
@@ -108,7 +112,7 @@ def cmd_report(args) -> int:
 
     stats.parse_buckets(args.buckets)  # bad input fails before any file is written
     preflight.writable_folder(args.out, "--out")
-    sets = load_budgets(args.results, args.budget, parse_config_of(args.config_of))
+    sets = load_budgets(args.results, args.budget, parse_config_of(args.config_of), tuned=args.tuned)
     names = ARTEFACTS if args.artefact == "all" else (args.artefact,)
     figure_budgets = _figure_budgets(sets, args.figure_dataset) if "figure1" in names else set()
     failed = []

@@ -5,6 +5,11 @@ cells, so the three files can never disagree.
 
 Only what is comparable is compared: each budget gets its own artefacts, and only the full budget's
 are ranked (bold, underline, p-values, improvements); the others are labelled smoke checks.
+
+Tuning: trial records (`mmbench tune`, validation only) are never reported. Runs on a tuned
+configuration (`mmbench run --tuned`) are reported only with `tuned=True` (`report --tuned`), and then
+in place of the model's default-configuration runs wherever they exist; every cell knows its kind
+(`RunSet.kind`), and tables compare only cells of the same kind.
 """
 from __future__ import annotations
 
@@ -135,6 +140,7 @@ def _load_dataset(name: str, fingerprint: str):
 
 
 FULL = "full"
+TUNED, DEFAULT = "tuned", "default"  # the two kinds of configuration a cell can report
 MIXED = "mixed"  # a RunSet over several budgets (`load_runs` without one); never ranked
 
 
@@ -158,7 +164,7 @@ def budget_text(budget: str | None) -> str:
         return ", ".join(f"{k} ≤ {v}" if k == "epochs" else f"{k} {v}" for k, v in c.items())
 
     if budget == FULL:
-        return "full (the models' own epoch caps, to early stopping on valid)"
+        return "full (to early stopping on valid within each run's epoch cap)"
     if budget in BUDGETS:
         heavy = HEAVY_BUDGETS.get(budget)
         return f"{budget} ({caps(BUDGETS[budget])}{'; heavy models ' + caps(heavy) if heavy else ''})"
@@ -249,7 +255,8 @@ class RunSet:
     """
 
     def __init__(self, runs: list[Run], budget: str | None = None,
-                 config_of: dict[str, list[str]] | None = None):
+                 config_of: dict[str, list[str]] | None = None, tuned: bool = False):
+        self.tuned = tuned  # loaded for `report --tuned`: cells are labelled default / tuned
         present = {r.record.budget for r in runs}
         if budget is None and len(present) == 1:
             budget = present.pop()
@@ -332,6 +339,25 @@ class RunSet:
                 for ds in datasets if ds in self.refs]
         if data:
             lines.append("Data (content fingerprint): " + "; ".join(data) + ".")
+        if self.budget in (FULL, "custom", None):  # the caps the runs shown had (their configs say)
+            caps: dict[str, list[str]] = {}
+            for ds, m in cells:
+                for r in self.runs(ds, m):
+                    c = r.record.config
+                    where = caps.setdefault(f"{c.get('epochs', MISSING)} / {c.get('patience', MISSING)}", [])
+                    if m not in where:
+                        where.append(m)
+            if len(caps) == 1:
+                lines.append(f"Epoch cap / patience: {next(iter(caps))}.")
+            elif caps:
+                lines.append("Epoch cap / patience: " + "; ".join(
+                    f"{k} ({', '.join(sorted(v))})" for k, v in caps.items()) + ".")
+        if self.tuned:
+            tuned = [f"{dataset_label(ds)}/{m}: {self.kind_label(ds, m)}, study {self.tuning(ds, m).get('study', MISSING)}"
+                     for ds, m in cells if self.kind(ds, m) == TUNED]
+            lines.append("Configurations: " + ("tuned on valid by `mmbench tune` (the same search for every "
+                         "model) for " + "; ".join(tuned) + "; every other cell its defaults and dataset preset."
+                         if tuned else "every cell its defaults and dataset preset (no tuned runs)."))
         chosen = [(ds, m, self.choices[(ds, m)]) for ds, m in cells if (ds, m) in self.choices]
         if chosen:
             lines.append("Configurations (models that ran with several; never averaged across them): " + "; ".join(
@@ -349,6 +375,37 @@ class RunSet:
 
     def all_models(self) -> set[str]:
         return {m for models in self.groups.values() for m in models}
+
+    def tuning(self, dataset: str, model: str | None) -> dict:
+        """The tuned-config provenance of a cell's runs ({} for a default-configuration cell)."""
+        runs = self.runs(dataset, model)
+        return dict(runs[-1].record.tuned or {}) if runs else {}
+
+    def kind(self, dataset: str, model: str | None) -> str | None:
+        """`tuned` or `default` for a cell with runs, None without."""
+        if not self.runs(dataset, model):
+            return None
+        return TUNED if self.tuning(dataset, model) else DEFAULT
+
+    def kind_label(self, dataset: str, model: str | None) -> str:
+        """`default`, `tuned (N trials)`, or – for a cell without runs."""
+        kind = self.kind(dataset, model)
+        if kind == TUNED:
+            n = self.tuning(dataset, model).get("trials")
+            return f"tuned ({n} trials)" if n is not None else "tuned"
+        return kind or MISSING
+
+    def model_kind_label(self, model: str | None, datasets: list[str] | None = None) -> str:
+        """One label for a model across the datasets it ran on: `tuned (N trials)` / `default`, or per
+        dataset when they differ (`tuned (50 trials) on Tiktok; default on ml100k`)."""
+        datasets = self.datasets() if datasets is None else datasets
+        by_label: dict[str, list[str]] = {}
+        for ds in datasets:
+            if self.runs(ds, model):
+                by_label.setdefault(self.kind_label(ds, model), []).append(dataset_label(ds))
+        if len(by_label) <= 1:
+            return next(iter(by_label), MISSING)
+        return "; ".join(f"{label} on {', '.join(where)}" for label, where in by_label.items())
 
     def runs(self, dataset: str, model: str | None) -> list[Run]:
         if model is None:
@@ -394,21 +451,46 @@ def read_runs(results: str | Path) -> list[Run]:
         raise ReportError(f"--results {root}: no such directory; run `mmbench run` first (it writes "
                           f"results/runs), or pass --results results/reference for the committed reference runs")
     runs: list[Run] = []
+    trials = 0
     for folder in records.find_records(root):
         try:
-            runs.append(Run(folder, records.read_record(folder)))
+            rec = records.read_record(folder)
         except MMBenchError as exc:
             warn(f"{exc}; skipped")
+            continue
+        if rec.is_trial:  # a tuning trial: validation only, never a result
+            trials += 1
+            continue
+        runs.append(Run(folder, rec))
     if not runs:
-        raise ReportError(f"--results {root}: no run records (record.json) found")
+        only = f" (only {trials} tuning trial record(s), which are never reported)" if trials else ""
+        raise ReportError(f"--results {root}: no run records (record.json) found{only}")
     return runs
 
 
+def select_kind(runs: list[Run], tuned: bool) -> list[Run]:
+    """Default-configuration runs only (`tuned=False`); with `tuned=True`, per (budget, dataset
+    group, model) the tuned runs where there are any, else the default ones: a cell never mixes."""
+    if not tuned:
+        return [r for r in runs if r.record.tuned is None]
+    has_tuned = {(r.record.budget, group_key(r.record), r.model) for r in runs if r.record.tuned is not None}
+    return [r for r in runs
+            if (r.record.tuned is not None) == ((r.record.budget, group_key(r.record), r.model) in has_tuned)]
+
+
+def _kind_filtered(runs: list[Run], tuned: bool, results) -> list[Run]:
+    kept = select_kind(runs, tuned)
+    if not kept:
+        raise ReportError(f"--results {results}: only runs on tuned configurations; pass --tuned to report them")
+    return kept
+
+
 def load_budgets(results: str | Path, budget: str | None = None,
-                 config_of: dict[str, list[str]] | None = None) -> dict[str, RunSet]:
+                 config_of: dict[str, list[str]] | None = None, tuned: bool = False) -> dict[str, RunSet]:
     """{budget: RunSet of that budget's runs}, in the order full, quick, smoke, custom: what the
-    reports are built from, one set of files per budget. `budget` keeps only that one."""
-    runs = read_runs(results)
+    reports are built from, one set of files per budget. `budget` keeps only that one; `tuned`
+    reports tuned-configuration runs where they exist (`select_kind`)."""
+    runs = _kind_filtered(read_runs(results), tuned, results)
     by_budget: dict[str, list[Run]] = {b: [] for b in records.BUDGET_LABELS}
     for r in runs:
         by_budget[r.record.budget].append(r)
@@ -418,17 +500,17 @@ def load_budgets(results: str | Path, budget: str | None = None,
             raise ReportError(f"--budget {budget}: no {budget} runs under {results} (have: {', '.join(by_budget)})")
         by_budget = {budget: by_budget[budget]}
     check_config_of(config_of or {}, [r for rs in by_budget.values() for r in rs])
-    return {b: RunSet(rs, b, config_of) for b, rs in by_budget.items()}
+    return {b: RunSet(rs, b, config_of, tuned) for b, rs in by_budget.items()}
 
 
 def load_runs(results: str | Path, budget: str | None = None,
-              config_of: dict[str, list[str]] | None = None) -> RunSet:
+              config_of: dict[str, list[str]] | None = None, tuned: bool = False) -> RunSet:
     """One RunSet: of `budget`, else of every run (mixed budgets are never ranked; see RunSet)."""
     if budget is not None:
-        return load_budgets(results, budget, config_of)[budget]
-    runs = read_runs(results)
+        return load_budgets(results, budget, config_of, tuned)[budget]
+    runs = _kind_filtered(read_runs(results), tuned, results)
     check_config_of(config_of or {}, runs)
-    return RunSet(runs, None, config_of)
+    return RunSet(runs, None, config_of, tuned)
 
 
 # --------------------------------------------------------------------------- formatting

@@ -5,6 +5,10 @@ relative improvement. Optionally the paper's published numbers beside ours, labe
 
 One table per budget (`table2.md`, `table2-quick.md`, …): only the full one ranks anything; the others
 are smoke checks with values only (no marks, p-values, Improv. or paper columns).
+
+With `report --tuned` each row is labelled `default` or `tuned (N trials)` (per dataset where they
+differ), and bold/underline, the best baseline, p-values and Improv. compare only cells of the same
+kind: a tuned model is never ranked against a default one.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mmbench.eval.metrics import NDCG_20, PRECISION_20, RECALL_20
-from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Table, correct,
+from mmbench.reports.common import (DEFAULT, MISSING, TUNED, Block, Cell, Comparison, RunSet, Table, correct,
                                     dataset_label, family_note, fmt_p, fmt_pct, fmt_value,
                                     mark_best, metric_label, per_user_test, report_table, write_table)
 from mmbench import stats
@@ -87,14 +91,20 @@ def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_refer
                 cells.append(Cell(_fmt_delta(mean - pv)))
         return cells
 
+    def row_label(label: str, model: str | None) -> str:
+        kind = rs.model_kind_label(model, datasets) if rs.tuned and model else MISSING
+        return label if kind == MISSING else f"{label} · {kind}"  # no runs: nothing to label
+
     main_cells = [model_cells(lab, m, True) for lab, m in main]
     for j, (ds, kind, m) in enumerate(columns):
         if kind == "ours" and rs.rankable(ds):
-            mark_best([row[j] for row in main_cells], [rs.summary(ds, mdl, m)[0] for _, mdl in main])
-    for (lab, _), cells in zip(main, main_cells):
-        block.add(lab, cells)
+            for config_kind in (DEFAULT, TUNED):  # marks compare cells of the same kind only
+                rows = [i for i, (_, mdl) in enumerate(main) if rs.kind(ds, mdl) == config_kind]
+                mark_best([main_cells[i][j] for i in rows], [rs.summary(ds, main[i][1], m)[0] for i in rows])
+    for (lab, mdl), cells in zip(main, main_cells):
+        block.add(row_label(lab, mdl), cells)
     for i, (lab, m) in enumerate(extras):
-        block.add(lab, model_cells(lab, m, False), rule=i == 0)
+        block.add(row_label(lab, m), model_cells(lab, m, False), rule=i == 0)
     shown_models = {m for _, m in main + extras if m}
     if not rs.ranked:
         caption = (
@@ -109,8 +119,10 @@ def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_refer
     comps: dict[tuple, Comparison] = {}
     best_of: dict[tuple, str | None] = {}
     for ds in datasets:
+        ref_kind = rs.kind(ds, reference) or DEFAULT  # no reference runs: as without --tuned
         for m in METRICS:
-            means = {b: rs.summary(ds, b, m)[0] for b in baselines}
+            # the best baseline of the reference's own kind (default vs tuned, never across)
+            means = {b: rs.summary(ds, b, m)[0] for b in baselines if rs.kind(ds, b) == ref_kind}
             means = {b: v for b, v in means.items() if np.isfinite(v)}
             best = max(means, key=lambda b: (means[b], -baselines.index(b))) if means else None
             best_of[(ds, m)] = best
@@ -179,6 +191,11 @@ def build(rs: RunSet, test: str = "ttest", reference: str = "mmssl", paper_refer
     if paper_ds:
         caption += (" Columns 'paper' hold the values PUBLISHED in the paper's Table 2 (typed into "
                     f"mmbench/reports/{PAPER_FILE}), not ours; Δ = ours − paper.")
+    if rs.tuned:
+        caption += (" Each row says whether its runs used the model's default configuration or one tuned "
+                    "on valid by `mmbench tune` (N trials, the same search for every model); marks, the best "
+                    f"baseline, p-values and Improv. compare only rows of {ref_label}'s kind per dataset "
+                    "(bold/underline: within each kind).")
     return report_table(rs, "table2", "Table 2: performance comparison", caption, "Model", [block],
                         datasets, shown_models)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mmbench.eval.metrics import NDCG_20, RECALL_20
-from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Table, correct,
+from mmbench.reports.common import (DEFAULT, MISSING, TUNED, Block, Cell, Comparison, RunSet, Table, correct,
                                     dataset_label, family_note, fmt_p, fmt_value, mark_best,
                                     metric_label, per_user_test, report_table, write_table)
 
@@ -29,9 +29,12 @@ def build(rs: RunSet, test: str = "ttest", full: str = "mmssl") -> Table:
     cells = [[Cell(fmt_value(*rs.summary(ds, model, m)[:2])) for ds, m in columns] for _, model in rows]
     for j, (ds, m) in enumerate(columns):
         if rs.rankable(ds):
-            mark_best([r[j] for r in cells], [rs.summary(ds, model, m)[0] for _, model in rows])
-    for (lab, _), c in zip(rows, cells):
-        block.add(lab, c)
+            for kind in (DEFAULT, TUNED):  # with --tuned: marks within each kind of configuration
+                idx = [i for i, (_, model) in enumerate(rows) if rs.kind(ds, model) == kind]
+                mark_best([cells[i][j] for i in idx], [rs.summary(ds, rows[i][1], m)[0] for i in idx])
+    for (lab, model), c in zip(rows, cells):
+        kind = rs.model_kind_label(model, datasets) if rs.tuned else MISSING
+        block.add(lab if kind == MISSING else f"{lab} · {kind}", c)
     mapping = "Rows map to models " + ", ".join(f"{lab}={m}" for lab, m in rows) + "."
     if not rs.ranked:
         caption = ("MMSSL and its Table 3 ablations from our run records: test Recall@20 (R@20) and NDCG@20 "
@@ -42,7 +45,7 @@ def build(rs: RunSet, test: str = "ttest", full: str = "mmssl") -> Table:
     comps: dict[tuple, Comparison] = {}
     for lab, model in rows[:-1]:
         for ds, m in columns:
-            if rs.runs(ds, model) and rs.runs(ds, full):
+            if rs.runs(ds, model) and rs.runs(ds, full) and rs.kind(ds, model) == rs.kind(ds, full):
                 comps[(model, ds, m)] = Comparison((model, ds, m), per_user_test(rs, ds, full, model, m, test))
     family = [c for c in comps.values() if np.isfinite(c.p)]
     correct(family)

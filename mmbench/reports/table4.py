@@ -108,12 +108,14 @@ def build(rs: RunSet, spec: str = "quantile:5", test: str = "ttest", reference: 
         block.add("#train interactions", [fmt_int(view.degree[view.bucket_of == k].sum())
                                           for k in range(len(labels))])
         ref_means = bucket_means(rs, ds, reference, view, metric)
+        # with --tuned, a tuned cell is compared with a cell of its own kind only
+        same_kind = {m: rs.kind(ds, m) == rs.kind(ds, reference) for m in models}
         for i, m in enumerate(models):
             means = bucket_means(rs, ds, m, view, metric)
             cells = []
             for (mean, std), (rmean, _) in zip(means, ref_means):
                 text = fmt_value(mean, std)
-                if text != MISSING and rs.rankable(ds) and np.isfinite(rmean) and mean > 0:
+                if text != MISSING and rs.rankable(ds) and same_kind[m] and np.isfinite(rmean) and mean > 0:
                     text += " " + fmt_pct((rmean - mean) / mean, arrows=True)
                 cells.append(Cell(text))
             block.add(model_label(m), cells, rule=i == 0)
@@ -123,7 +125,7 @@ def build(rs: RunSet, spec: str = "quantile:5", test: str = "ttest", reference: 
             row = []
             for k in range(len(labels)):
                 c = None
-                if rs.runs(ds, m) and rs.runs(ds, reference):
+                if rs.runs(ds, m) and rs.runs(ds, reference) and same_kind[m]:
                     res = per_user_test(rs, ds, reference, m, metric, test, users=view.users_in(k))
                     c = Comparison((ds, m, k), res)
                     if np.isfinite(c.p):

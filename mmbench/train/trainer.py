@@ -166,7 +166,12 @@ class Trainer:
     """Owns epochs, validation, early stopping and the single test pass for one run."""
 
     def __init__(self, model, data: Dataset, cfg, seed: int, device: torch.device,
-                 run_dir: Path | None = None, progress: bool = True, desc: str = ""):
+                 run_dir: Path | None = None, progress: bool = True, desc: str = "",
+                 on_validation=None):
+        """`on_validation(epoch, valid_metrics)`, if given, is called after every validation (after
+        the early-stopping bookkeeping); it may raise to end the run there, e.g. `optuna.TrialPruned`
+        when a tuning trial is pruned (`mmbench.tune`)."""
+        self.on_validation = on_validation
         self.model = model.to(device)
         self.full_data = data
         self.data = without_test(data)
@@ -304,7 +309,7 @@ class Trainer:
         valid_counts = None
         last_save = time.perf_counter()
         stopped = start_epoch > cfg.epochs or (resumed is not None and resumed.get("stopped", False))
-        bar = EpochProgress(self.progress, self.desc, cfg.epochs, initial=start_epoch - 1)
+        bar = EpochProgress(self.progress, self.desc, cfg.epochs, initial=start_epoch - 1, run_dir=self.run_dir)
         epoch = start_epoch - 1
         for epoch in range(start_epoch, cfg.epochs + 1):
             if stopped:
@@ -340,6 +345,8 @@ class Trainer:
                     bad_evals += 1
                     if bad_evals * cfg.eval_every >= cfg.patience and cfg.patience > 0:
                         stopped = True
+                if self.on_validation is not None:
+                    self.on_validation(epoch, dict(res.mean))
             history.append(entry)
             bar.epoch(epoch, losses_mean, t_train, entry.get("valid"), cfg.valid_metric, best["epoch"])
             now = time.perf_counter()
