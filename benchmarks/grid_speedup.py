@@ -46,6 +46,11 @@ def timed(*procs: subprocess.Popen) -> float:
     return time.perf_counter() - t0
 
 
+def load() -> str:
+    """The 1-minute load average: above ~2 on a 2-core machine, something else competed."""
+    return f"load average {os.getloadavg()[0]:.2f}"
+
+
 def split_models(models: list[str], seconds: dict[str, float]) -> tuple[list[str], list[str]]:
     """Two disjoint model lists of near-equal total seconds (longest model first, to the lighter side)."""
     sides: tuple[list[str], list[str]] = ([], [])
@@ -78,24 +83,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="grid-speedup-") as tmp:
         tmp = Path(tmp)
         t1 = timed(mmbench_run(MODELS, tmp / "w1", "--workers", "1"))
-        print(f"--workers 1: {t1:.1f} s", flush=True)
+        print(f"--workers 1: {t1:.1f} s ({load()} at the end)", flush=True)
         recs = [records.read_record(f) for f in records.find_records(tmp / "w1")]
         per_model: dict[str, float] = {}
         for r in recs:
             per_model[r.model] = per_model.get(r.model, 0.0) + float(r.timings["total_seconds"])
         run_seconds = sum(per_model.values())
         t2 = timed(mmbench_run(MODELS, tmp / "w2", "--workers", "2"))
-        print(f"--workers 2: {t2:.1f} s", flush=True)
+        print(f"--workers 2: {t2:.1f} s ({load()} at the end)", flush=True)
         a, b = split_models(MODELS, per_model)
         tp = timed(mmbench_run(a, tmp / "plain"), mmbench_run(b, tmp / "plain"))
-        print(f"two plain processes ({','.join(a)} | {','.join(b)}): {tp:.1f} s", flush=True)
+        print(f"two plain processes ({','.join(a)} | {','.join(b)}): {tp:.1f} s ({load()} at the end)", flush=True)
         same = (identical(tmp / "w1", tmp / "w2"), identical(tmp / "w1", tmp / "plain"))
     plain_ratio, speedup = t1 / tp, t1 / t2
     print(f"runs: {len(recs)}, their own seconds {run_seconds:.1f} s; ideal with 2 workers {run_seconds / 2:.1f} s")
     print(f"identical records: workers 2 {same[0]}/{len(recs)}, plain processes {same[1]}/{len(recs)}")
     print(f"plain-process ratio {plain_ratio:.2f} (workers 1 / two plain processes); "
           f"target speedup >= {0.9 * plain_ratio:.2f}: {'met' if speedup >= 0.9 * plain_ratio else 'NOT met'}")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(f"speedup {speedup:.2f}")
 
 

@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 
 from mmbench.errors import MMBenchError
+from mmbench.preflight import positive_int
 
 DEFAULT_DATASET = "ml100k"
 
@@ -17,16 +18,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _add_run(sub) -> None:
@@ -48,7 +39,7 @@ def _add_run(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--results", default="results", help="results directory (run records go to <results>/runs/)")
     p.add_argument("--data-dir", help="data directory (default: $MMBENCH_DATA_DIR, else the project's datasets/)")
-    p.add_argument("--threads", type=_positive_int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op torch threads per run. With 1 (the default) a rerun gives byte-identical "
                         "results; the count is part of each run's identity. Run several runs side by side "
                         "for parallelism; use --threads 2 for a single long run on an otherwise idle machine")
@@ -59,7 +50,7 @@ def _add_run(sub) -> None:
                    help="use the configurations `mmbench tune` selected on valid (<results>/tuning/<dataset>.yaml, "
                         "tuned under the same --budget); models it lacks keep their defaults; records name "
                         "their tuning")
-    p.add_argument("--workers", type=_positive_int, default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="runs side by side on a local Dask cluster of N worker processes (one run each, "
                         "longest first); 1 trains in this process without Dask")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT",

@@ -15,6 +15,19 @@ from mmbench.errors import ConfigError
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --threads and --workers (a usage error, exit 2, otherwise)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def shown(text: object, limit: int = 100) -> str:
     """A user's value quoted in a message, cut to `limit` characters."""
     s = repr(str(text))

@@ -9,18 +9,9 @@ import time
 from pathlib import Path
 
 from mmbench.errors import ConfigError
+from mmbench.preflight import positive_int
 
 DEFAULT_DATASET = "ml100k"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -37,7 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", required=True, help="comma-separated model names, or 'all' (see `mmbench models`)")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="dataset card name (see `mmbench data list`) or a directory")
-    p.add_argument("--trials", type=_positive_int, required=True,
+    p.add_argument("--trials", type=positive_int, required=True,
                    help="finished (complete + pruned) trials each model's study should hold: the TOTAL, so a "
                         "rerun with a larger number runs only the missing ones")
     p.add_argument("--budget", default="full", choices=["full", "quick", "smoke"],
@@ -53,9 +44,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "between machines); default sqlite:///<results>/tuning/studies.db")
     p.add_argument("--seed", type=int, default=2024,
                    help="training seed of every trial, and the sampler's seed")
-    p.add_argument("--threads", type=_positive_int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op torch threads per trial (part of the study's identity, as for runs)")
-    p.add_argument("--workers", type=_positive_int, default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="trials run side by side: only 1 for now (several workers and --scheduler come with "
                         "the Dask grid); to share a study today, run `mmbench tune` on several machines "
                         "with one --storage")
