@@ -54,8 +54,7 @@ def shown(value: Any) -> str:
 
 def _clip(text: str) -> str:
     """Raw text (a `--set` value, a path) cut to SHOWN_CHARS characters."""
-    text = str(text)
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+    return safeio.clip(text, SHOWN_CHARS)
 
 
 def _num(x: float) -> str:

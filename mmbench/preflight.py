@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from mmbench.errors import ConfigError
+from mmbench.safeio import shown
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 
@@ -28,16 +29,10 @@ def positive_int(text: str) -> int:
     return value
 
 
-def shown(text: object, limit: int = 100) -> str:
-    """A user's value quoted in a message, cut to `limit` characters."""
-    s = repr(str(text))
-    return s if len(s) <= limit else s[: limit - 4] + "...'"
-
-
 def device(name: str) -> str:
     """A device this machine has: auto, cpu, cuda, cuda:N (N below the GPU count), mps."""
     if not _DEVICE.match(name or ""):
-        raise ConfigError(f"--device {shown(name)}: expected auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"--device {shown(str(name))}: expected auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda") or name == "mps":
         import torch
 
@@ -70,16 +65,16 @@ def writable_folder(path: str | Path, option: str) -> Path:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"{option} {shown(path)}: {existing} is not a folder")
+        raise ConfigError(f"{option} {shown(str(path))}: {existing} is not a folder")
     if existing == path:
         try:
             fd, probe = tempfile.mkstemp(dir=path, prefix=".mmbench-probe-")
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise ConfigError(f"{option} {shown(path)}: cannot write there ({exc.strerror or exc})") from None
+            raise ConfigError(f"{option} {shown(str(path))}: cannot write there ({exc.strerror or exc})") from None
     elif not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {shown(path)}: cannot create it ({existing} is not writable)")
+        raise ConfigError(f"{option} {shown(str(path))}: cannot create it ({existing} is not writable)")
     return path
 
 
