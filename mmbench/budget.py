@@ -12,6 +12,7 @@ One epoch cap and one patience per budget, the same for every model:
 author-published per-dataset preset says otherwise (MMSSL's patience 8 on the authors' datasets).
 Heavy models take tens of seconds per epoch on a laptop even on ML-100K, so `run` gives them 1 epoch
 under quick and smoke; `tune` does not (`tune_caps`): every model of a study gets the same caps.
+Models fitted in closed form (`mostpop`, `itemknn`: `FittedOnce`) run one epoch under every budget.
 A run whose `--set`/`--config` changed `epochs` or `patience` is labelled `custom`: its numbers are
 neither a full result nor one of the named smoke checks. The label is part of a run's identity.
 """
@@ -26,6 +27,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 10, "patience": 3},
     "smoke": {"epochs": 2, "patience": 1},
 }
+# Models fitted in closed form (`FittedOnce`: popularity, item-kNN) run one epoch under every budget.
+FITTED_ONCE_CAPS: dict[str, Any] = {"epochs": 1, "patience": 1}
 HEAVY_BUDGETS: dict[str, dict[str, Any]] = {"quick": {"epochs": 1, "patience": 1},
                                              "smoke": {"epochs": 1, "patience": 1}}
 CUSTOM = "custom"
@@ -38,20 +41,24 @@ def check_budget(budget: str) -> str:
     return budget
 
 
-def budget_caps(budget: str, heavy: bool) -> dict[str, Any]:
+def budget_caps(budget: str, heavy: bool, fits_once: bool = False) -> dict[str, Any]:
     """The overrides `budget` applies to a model under `run` (heavy models have their own `quick`
-    and `smoke` caps)."""
+    and `smoke` caps; a model fitted once gets one epoch whatever the budget)."""
     check_budget(budget)
+    if fits_once:
+        return dict(FITTED_ONCE_CAPS)
     return dict(HEAVY_BUDGETS.get(budget, BUDGETS[budget]) if heavy else BUDGETS[budget])
 
 
-def tune_caps(budget: str) -> dict[str, Any]:
+def tune_caps(budget: str, fits_once: bool = False) -> dict[str, Any]:
     """The caps every model gets while tuning under `budget`: the budget's plain caps, and for
     `full` the trainer's defaults stated explicitly, so neither a heavy-model cap nor a preset's
     patience gives one model of a comparison more or fewer epochs than another."""
     from mmbench.config import TRAINER_DEFAULTS
 
     check_budget(budget)
+    if fits_once:  # nothing to train: more epochs would only repeat the same validation
+        return dict(FITTED_ONCE_CAPS)
     caps = {k: TRAINER_DEFAULTS[k] for k in CAPPED_KEYS}
     caps.update(BUDGETS[budget])
     return caps

@@ -85,13 +85,7 @@ def cmd_run(args) -> int:
     seeds = preflight.seeds(parse_seeds(args.seeds))
     device = resolve_device(preflight.device(args.device))
     preflight.writable_folder(args.results, "--results")
-    on_dask = args.workers > 1 or args.scheduler is not None
-    if args.scheduler is not None and args.workers != 1:
-        raise ConfigError("--workers and --scheduler: choose one (the scheduler's workers run the grid)")
-    if args.scheduler is not None:
-        from mmbench.grid import check_scheduler_address
-
-        check_scheduler_address(args.scheduler)
+    on_dask = preflight.on_dask(args.workers, args.scheduler)
     name = preflight.dataset_name(args.dataset)
     tuned = None
     if args.tuned:

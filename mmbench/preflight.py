@@ -29,6 +29,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def on_dask(workers: int, scheduler: str | None) -> bool:
+    """Whether `--workers`/`--scheduler` send the work to Dask (checked: not both at once)."""
+    if scheduler is not None and workers != 1:
+        raise ConfigError("--workers and --scheduler: choose one (the scheduler's workers do the work)")
+    if scheduler is not None:
+        from mmbench.grid import check_scheduler_address
+
+        check_scheduler_address(scheduler)
+    return workers > 1 or scheduler is not None
+
+
 def device(name: str) -> str:
     """A device this machine has: auto, cpu, cuda, cuda:N (N below the GPU count), mps."""
     if not _DEVICE.match(name or ""):

@@ -274,10 +274,12 @@ def trial_config(model: str, dataset: str, budget: str, params: dict[str, Any], 
                  config_file: str | None = None, set_items: list[str] | None = None) -> Config:
     """A trial's config: defaults < dataset preset < the trial's values < the budget's plain caps
     < --config < --set (one resolution path with `run`: `runner.model_config`)."""
+    from mmbench.models.base import get_model_class
     from mmbench.runner import model_config
 
+    caps = tune_caps(budget, get_model_class(model).fits_once)
     return model_config(model, dataset, budget, config_file, set_items,
-                        tuned={model: {"params": params, "source": source}}, caps=tune_caps(budget))
+                        tuned={model: {"params": params, "source": source}}, caps=caps)
 
 
 # --------------------------------------------------------------------------- storage and studies
@@ -314,6 +316,16 @@ def check_storage(url: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+def absolute_sqlite(url: str) -> str:
+    """A SQLite URL with its file's path made absolute (unchanged for in-memory databases)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.database or parsed.database == ":memory:" or Path(parsed.database).is_absolute():
+        return url
+    return parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(hide_password=False)
 
 
 def open_storage(url: str):
@@ -418,10 +430,30 @@ class TrialOutcome:
     folder: Path | None = None
 
 
+def ask_trial(study, plan: StudyPlan):
+    """The study's next trial and its parameters, drawn by a TPE sampler seeded by the trial's
+    number (with one worker, the number is the count of trials so far)."""
+    import optuna
+
+    number_guess = len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=trial_seed(plan.seed, number_guess))
+    trial = study.ask()
+    return trial, {d.name: d.suggest(trial) for d in plan.space.dims}
+
+
 def run_trial(study, plan: StudyPlan, data, dataset_name: str, results: Path, device, study_name: str,
               storage_text: str, config_file: str | None, set_items: list[str] | None) -> TrialOutcome:
     """Ask the study for a trial, train it on valid only (reporting each validation to the pruner),
     tell the study the outcome, and write the trial's run record."""
+    trial, params = ask_trial(study, plan)
+    return train_trial(study, trial, params, plan, data, dataset_name, results, device, study_name, storage_text,
+                       config_file, set_items)
+
+
+def train_trial(study, trial, params: dict[str, Any], plan: StudyPlan, data, dataset_name: str, results: Path,
+                device, study_name: str, storage_text: str, config_file: str | None,
+                set_items: list[str] | None) -> TrialOutcome:
+    """Train an asked trial with `params` (in this process, or on a Dask worker: `execute_trial`)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -429,12 +461,7 @@ def run_trial(study, plan: StudyPlan, data, dataset_name: str, results: Path, de
     from mmbench.runner import check_model_fits_data
     from mmbench.train.determinism import deterministic_device, seed_everything, set_threads
 
-    # Trial numbers are sequential per study: with one worker the next one is the count so far.
-    number_guess = len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(seed=trial_seed(plan.seed, number_guess))
-    trial = study.ask()
     t0 = time.perf_counter()
-    params = {d.name: d.suggest(trial) for d in plan.space.dims}
     metric = plan.base.valid_metric
     seen: list[tuple[int, dict[str, float]]] = []
     best = {"value": -math.inf, "epoch": 0, "metrics": {}}
@@ -464,16 +491,16 @@ def run_trial(study, plan: StudyPlan, data, dataset_name: str, results: Path, de
         result = trainer.fit()
     except optuna.TrialPruned:
         outcome.state = "pruned"
-        study.tell(trial, state=TrialState.PRUNED)
+        study.tell(trial.number, state=TrialState.PRUNED)
     except MMBenchError:
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
         raise
     except Exception as exc:  # noqa: BLE001 - a diverging or crashing trial must not end the study
         outcome.error = f"{type(exc).__name__}: {safeio.clip(str(exc), 200)}"
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
     else:
         outcome.state = "complete"
-        study.tell(trial, float(result.valid[metric]))
+        study.tell(trial.number, float(result.valid[metric]))
     outcome.seconds = time.perf_counter() - t0
     if outcome.state == "failed":
         return outcome
@@ -485,6 +512,29 @@ def run_trial(study, plan: StudyPlan, data, dataset_name: str, results: Path, de
     outcome.folder = _write_trial_record(plan, cfg, data, view, dataset_name, results, device, study_name,
                                          storage_text, outcome, result, seen, best)
     return outcome
+
+
+def execute_trial(payload: dict[str, Any]) -> TrialOutcome:
+    """One asked trial on a Dask worker: load the data (refused if its fingerprint is not the
+    client's), open the study from the shared storage, train, report, tell, write the record."""
+    import optuna
+    import torch
+
+    from mmbench.grid import _dataset
+
+    plan: StudyPlan = payload["plan"]
+    try:
+        data = _dataset(payload["dataset"], payload["data_dir"], payload["fingerprint"])
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=payload["study"], storage=open_storage(payload["storage"]),
+                                  pruner=make_pruner(plan.budget))
+        trial = optuna.trial.Trial(study, payload["trial_id"])
+        return train_trial(study, trial, payload["params"], plan, data, data.name, Path(payload["results"]),
+                           torch.device(payload["device"]), payload["study"], payload["shown"],
+                           payload["config_file"], payload["set_items"])
+    except Exception as exc:  # noqa: BLE001 - the trial fails, the study goes on (the client tells it)
+        return TrialOutcome(payload["number"], "failed", payload["params"],
+                            error=f"{type(exc).__name__}: {safeio.clip(str(exc), 200)}")
 
 
 def _write_trial_record(plan: StudyPlan, cfg: Config, data, view, dataset_name: str, results: Path, device,
@@ -576,9 +626,10 @@ def _fail_interrupted(study, storage) -> int:
 
 def tune_model(model: str, data, n_trials: int, budget: str, results: Path, device, storage_url: str,
                seed: int = 2024, threads: int = 1, config_file: str | None = None,
-               set_items: list[str] | None = None, log=print) -> ModelOutcome:
+               set_items: list[str] | None = None, log=print, dask: "DaskTrials | None" = None) -> ModelOutcome:
     """Run `model`'s study on `data` until it holds `n_trials` finished (complete + pruned) trials,
-    then write its best configuration to <results>/tuning/<dataset>.yaml."""
+    then write its best configuration to <results>/tuning/<dataset>.yaml. With `dask`, the trials
+    run on its cluster's workers, as many at once as it has worker threads."""
     import optuna
     from filelock import FileLock, Timeout
 
@@ -614,10 +665,15 @@ def tune_model(model: str, data, n_trials: int, budget: str, results: Path, devi
         pinned = f"; pinned by --config/--set: {', '.join(plan.pinned)}" if plan.pinned else ""
         log(f"[tune] {model} on {data.name}: study {name} ({shown}); {n_trials} trials wanted, "
             f"{out.done_before} done, running {missing}; searching {', '.join(plan.space.keys)}{pinned}")
-        for _ in range(missing):
-            t = run_trial(study, plan, data, data.name, Path(results), device, name, shown, config_file, set_items)
-            out.trials.append(t)
-            log(_trial_line(model, t, plan.base.valid_metric))
+        if dask is None:
+            for _ in range(missing):
+                t = run_trial(study, plan, data, data.name, Path(results), device, name, shown, config_file,
+                              set_items)
+                out.trials.append(t)
+                log(_trial_line(model, t, plan.base.valid_metric))
+        else:
+            _trials_on_dask(dask, study, plan, missing, data, Path(results), device, name, storage_url, shown,
+                            config_file, set_items, out, log)
         out.complete, out.pruned = _count(study)
         if any(t.state == "failed" for t in out.trials):
             out.status = "failed"
@@ -648,15 +704,95 @@ def _trial_line(model: str, t: TrialOutcome, metric: str) -> str:
             f" -> valid {metric} {t.value:.4f} ({what}, {t.seconds:.1f} s)")
 
 
+@dataclass
+class DaskTrials:
+    """Where trials go when they run on Dask: a connected client, and how workers find the data
+    (by name or path from their own data directory; refused if the fingerprint differs)."""
+
+    client: Any
+    dataset: str
+    data_dir: str | None
+
+
+def _trials_on_dask(dask: DaskTrials, study, plan: StudyPlan, missing: int, data, results: Path, device,
+                    name: str, storage_url: str, shown: str, config_file, set_items, out: ModelOutcome,
+                    log) -> None:
+    """Keep as many trials in flight as the cluster has worker threads: the client asks the study
+    for each trial (so the sampler runs in one place), a worker trains, reports and tells it."""
+    from distributed import as_completed
+
+    from mmbench.grid import _slots
+
+    def submit():
+        trial, params = ask_trial(study, plan)
+        payload = {"plan": plan, "study": name, "trial_id": trial._trial_id, "number": trial.number,
+                   "params": params, "dataset": dask.dataset, "data_dir": dask.data_dir,
+                   "fingerprint": data.fingerprint, "storage": storage_url, "shown": shown,
+                   "results": str(results.resolve()), "device": str(device), "config_file": config_file,
+                   "set_items": list(set_items or [])}
+        future = dask.client.submit(execute_trial, payload, key=f"mmbench-trial-{name}-{trial.number}", pure=False)
+        return future, trial
+
+    left = missing
+    in_flight: dict[Any, Any] = {}
+    while left and len(in_flight) < max(1, _slots(dask.client)):
+        future, trial = submit()
+        in_flight[future] = trial
+        left -= 1
+    if not in_flight:
+        return
+    pending = as_completed(list(in_flight), loop=dask.client.loop)  # our client is not Dask's default
+    for future in pending:
+        trial = in_flight.pop(future)
+        try:
+            t = future.result()
+        except Exception as exc:  # noqa: BLE001 - a worker that died: the trial failed, the study goes on
+            t = TrialOutcome(trial.number, "failed", dict(trial.params),
+                             error=f"{type(exc).__name__}: {safeio.clip(str(exc), 200)}")
+        if t.state == "failed":
+            _fail_if_running(study, trial)
+        out.trials.append(t)
+        log(_trial_line(plan.model, t, plan.base.valid_metric))
+        if left:
+            nxt, ntrial = submit()
+            in_flight[nxt] = ntrial
+            pending.add(nxt)
+            left -= 1
+
+
+def _fail_if_running(study, trial) -> None:
+    """A trial whose worker could not tell the study (lost worker, unreadable data) is marked failed."""
+    from optuna.trial import TrialState
+
+    try:
+        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            study.tell(trial.number, state=TrialState.FAIL)
+    except Exception:  # noqa: BLE001 - already finished by its worker
+        pass
+
+
 def tune(models: list[str], data, n_trials: int, budget: str, results: str | Path, device,
          storage: str | None = None, seed: int = 2024, threads: int = 1, config_file: str | None = None,
-         set_items: list[str] | None = None, log=None) -> list[ModelOutcome]:
-    """One study per model on `data`, one after another, the same trials and caps for each."""
+         set_items: list[str] | None = None, log=None, *, workers: int = 1, scheduler: str | None = None,
+         dataset_spec: str | None = None, data_dir: str | None = None) -> list[ModelOutcome]:
+    """One study per model on `data`, one after another, the same trials and caps for each. With
+    `workers` > 1 (a local Dask cluster of one-thread processes) or `scheduler`, each study's trials
+    run side by side on the workers; the storage must then be reachable from every worker."""
     check_budget(budget)
     log = log or (lambda msg: print(msg, file=sys.stderr))
     url = check_storage(storage) if storage else default_storage(results)
-    return [tune_model(m, data, n_trials, budget, Path(results), device, url, seed, threads, config_file,
-                       set_items, log) for m in models]
+    if workers <= 1 and scheduler is None:
+        return [tune_model(m, data, n_trials, budget, Path(results), device, url, seed, threads, config_file,
+                           set_items, log) for m in models]
+    from mmbench.grid import connect
+
+    if is_sqlite(url):
+        url = absolute_sqlite(url)  # workers resolve paths from their own working directory
+        open_storage(url)  # the database file exists before several workers open it at once
+    with connect(workers if scheduler is None else None, scheduler) as (client, _cluster):
+        dask = DaskTrials(client, dataset_spec or data.name, data_dir)
+        return [tune_model(m, data, n_trials, budget, Path(results), device, url, seed, threads, config_file,
+                           set_items, log, dask) for m in models]
 
 
 def summary_table(outcomes: list[ModelOutcome], metric: str) -> str:

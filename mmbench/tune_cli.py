@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from mmbench.errors import ConfigError
 from mmbench.preflight import positive_int
 
 DEFAULT_DATASET = "ml100k"
@@ -47,9 +46,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op torch threads per trial (part of the study's identity, as for runs)")
     p.add_argument("--workers", type=positive_int, default=1,
-                   help="trials run side by side: only 1 for now (several workers and --scheduler come with "
-                        "the Dask grid); to share a study today, run `mmbench tune` on several machines "
-                        "with one --storage")
+                   help="trials side by side on a local Dask cluster of N one-thread worker processes (the "
+                        "sampler then sees fewer finished trials per draw: only 1 worker is reproducible); "
+                        "1 trains in this process without Dask")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="send the trials to this running Dask scheduler (`dask worker ADDRESS --nthreads 1`); "
+                        "every worker must reach --storage (a database server, or SQLite on a shared "
+                        "filesystem) and --results, and find the dataset in its own data directory")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--data-dir", help="data directory (default: $MMBENCH_DATA_DIR, else the project's datasets/)")
     p.set_defaults(func=cmd_tune)
@@ -66,8 +69,7 @@ def cmd_tune(args) -> int:
                               summary_table, trial_config, tune)
 
     # Everything that needs no data is checked first, before loading or writing anything.
-    if args.workers != 1:
-        raise ConfigError(f"--workers {args.workers}: only 1 for now (several workers come with the Dask grid)")
+    on_dask = preflight.on_dask(args.workers, args.scheduler)
     models = expand_models(args.models)
     preflight.seeds([args.seed])
     device = resolve_device(preflight.device(args.device))
@@ -88,13 +90,16 @@ def cmd_tune(args) -> int:
         if skipped:
             print(f"[skip] {data.name} has no item features: not tuning {', '.join(skipped)}", file=sys.stderr)
     caps = tune_caps(args.budget)
+    where = (f"on the Dask scheduler {args.scheduler}" if args.scheduler else
+             f"{args.workers} trials at a time" if on_dask else "one trial at a time")
     print(f"mmbench tune: {len(models)} model(s) × {args.trials} trials on {data.name} (data "
-          f"{data.fingerprint[:12]}) on {device}, {args.threads} thread(s), budget {args.budget} "
+          f"{data.fingerprint[:12]}) on {device}, {args.threads} thread(s) per trial, {where}, budget {args.budget} "
           f"(every trial ≤ {caps['epochs']} epochs, patience {caps['patience']}), storage {shown_url(storage)}",
           file=sys.stderr)
     t0 = time.perf_counter()
     outcomes = tune(models, data, args.trials, args.budget, Path(args.results), device, storage, args.seed,
-                    args.threads, args.config, args.set_items)
+                    args.threads, args.config, args.set_items, workers=args.workers, scheduler=args.scheduler,
+                    dataset_spec=args.dataset, data_dir=args.data_dir)
     metric = trial_config(models[0], data.name, args.budget, {}, "", args.config, args.set_items).valid_metric \
         if models else "valid"
     print(summary_table(outcomes, metric))

@@ -28,6 +28,9 @@ class Recommender(nn.Module):
     uses_features: ClassVar[bool] = False
     # Seconds-per-epoch class on a laptop CPU; `heavy` models get a smaller cap under `--budget quick`.
     heavy: ClassVar[bool] = False
+    # A model fitted in closed form when it is built (no optimiser): one epoch under every budget
+    # (`FittedOnce`).
+    fits_once: ClassVar[bool] = False
 
     def __init__(self, data, cfg):
         super().__init__()
@@ -118,6 +121,40 @@ class EmbeddingRecommender(Recommender):
         cached = self._scoring_cache
         user_e, item_e = cached if cached is not None else self.final_embeddings()
         return user_e[users] @ item_e.T
+
+
+class _NoBatches:
+    """The batch source of a model with nothing to optimise: an epoch yields no batch."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def epoch(self):
+        return iter(())
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class FittedOnce(Recommender):
+    """A non-neural floor (popularity, item-kNN): everything is computed from the TRAIN split in
+    `__init__`, there is no optimiser and no batch, and the run has exactly one epoch (the budget's
+    caps do not apply: `mmbench.budget.budget_caps`). It goes through the same trainer, evaluator
+    and records as every other model, so its numbers are comparable."""
+
+    fits_once = True
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return []
+
+    def make_sampler(self, train, batch_size: int, seed: int):
+        return _NoBatches()
+
+    def train_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+        raise RuntimeError(f"{self.name} is fitted when built; it has no training step")
 
 
 def register(name: str) -> Callable[[type[Recommender]], type[Recommender]]:

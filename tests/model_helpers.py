@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import torch
@@ -122,3 +123,77 @@ def assert_identical_records(a, b) -> None:
 
     assert (Path(a) / "arrays.npz").read_bytes() == (Path(b) / "arrays.npz").read_bytes(), f"{a} vs {b}: arrays differ"
     assert comparable_record(a) == comparable_record(b), f"{a} vs {b}: record.json differs"
+
+
+def only_file(results, pattern: str):
+    """The one file matching `pattern` under `<results>/runs/` (an assertion if none or several)."""
+    from pathlib import Path
+
+    found = list(Path(results).glob(f"runs/**/{pattern}"))
+    assert len(found) == 1, f"{pattern} under {results}: {found}"
+    return found[0]
+
+
+# `mmbench.cli.main` with one patch: in epoch 3 the model trains one batch, says PAUSED and sleeps,
+# so a SIGKILL lands mid-epoch (the checkpoint holds epoch 2, the process's memory is past it) at the
+# same point on every machine, however fast. argv[1] is the model name, the rest the CLI arguments.
+PAUSE_IN_EPOCH_3 = """
+import sys, time
+from mmbench.models.base import get_model_class
+
+cls = get_model_class(sys.argv[1])
+step, start = cls.train_step, cls.on_epoch_start
+
+def on_epoch_start(self, epoch):
+    self._paused_epoch = epoch
+    return start(self, epoch)
+
+def train_step(self, batch, optimizers):
+    out = step(self, batch, optimizers)
+    if getattr(self, "_paused_epoch", 0) == 3:
+        print("PAUSED", flush=True)
+        time.sleep(600)
+    return out
+
+cls.on_epoch_start, cls.train_step = on_epoch_start, train_step
+from mmbench.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def run_paused_then_killed(model: str, cli_args: list[str], env: dict, tmp_path, timeout: float = 120.0):
+    """Run `mmbench <cli_args>` (a run of `model` with `checkpoint_every=0`) until it pauses inside
+    epoch 3, SIGKILL it, and return its checkpoint's path (no record may exist yet)."""
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import pytest
+
+    log = Path(tmp_path) / f"killed-{model}.stderr"
+    results = Path(cli_args[cli_args.index("--results") + 1])
+    with open(log, "w") as err:
+        victim = subprocess.Popen([sys.executable, "-c", PAUSE_IN_EPOCH_3, model, *cli_args], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=err)
+    try:
+        deadline, paused = time.monotonic() + timeout, False
+        while not paused and time.monotonic() < deadline:
+            ready, _, _ = select.select([victim.stdout], [], [], 1.0)
+            if ready:
+                line = victim.stdout.readline()
+                paused = line.strip() == "PAUSED"
+                if not line and victim.poll() is not None:
+                    pytest.fail(f"the run ended before epoch 3 (exit {victim.returncode}): {log.read_text()}")
+        if not paused:
+            pytest.fail(f"the run never reached epoch 3: {log.read_text()}")
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        victim.stdout.close()
+    assert not list(results.glob("runs/**/record.json"))
+    return only_file(results, "checkpoint.pt")

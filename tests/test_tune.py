@@ -292,7 +292,8 @@ def test_cli_tune_then_rerun_adds_only_the_missing_trials(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--workers", "2"], "--workers 2"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "choose one"),
+    (["--scheduler", "nope"], "tcp://HOST:PORT"),
     (["--storage", "::nope::"], "SQLAlchemy"),
     (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "u:***@"),  # no driver or no server: refused, password hidden
     (["--set", "nope=1"], "nope"),
@@ -304,6 +305,21 @@ def test_cli_refuses_bad_options_before_any_work(tmp_path, capsys, extra, needle
     err = capsys.readouterr().err
     assert needle in err and "secret" not in err
     assert not (tmp_path / "tuning").exists()
+
+
+def test_trials_on_dask_workers_count_the_total_and_never_compute_test(tmp_path, capsys):
+    """`--workers 2`: trials run on a local Dask cluster, tell the shared SQLite study themselves and
+    write their (test-free) records; a rerun with a larger --trials adds exactly the missing ones."""
+    args = ["tune", "--models", "mf-bpr", "--dataset", "synthetic", "--budget", "smoke", "--workers", "2",
+            "--results", str(tmp_path)]
+    assert main(args + ["--trials", "3"]) == 0
+    assert main(args + ["--trials", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "2 trials at a time" in err and "3 done, running 1" in err
+    found = [records.read_record(f) for f in records.find_records(tmp_path / "tuning")]
+    assert len(found) == 4 and all(r.test is None and r.trial["number"] in range(4) for r in found)
+    tuned = tune.load_tuned(tmp_path, "synthetic", "smoke")["mf-bpr"]
+    assert tuned["provenance"]["trials"] == 4
 
 
 def test_one_storage_shares_a_study_between_results_folders(synthetic, tmp_path):
