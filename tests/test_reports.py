@@ -209,20 +209,20 @@ def test_table2_cells(results, rs, tmp_path):
     table2.write(rs, tmp_path)
     md = assert_same_cells(tmp_path, "table2")
     shown = {"baby": "Amazon-Baby", "toyset": "toyset"}
-    main_models = {"MF-BPR": "mf-bpr", "LATTICE": "lattice", "MMSSL": "mmssl"}
+    main_models = {"MF-BPR": "mf-bpr", "LATTICE": "lattice", "MMSSL (paper)": "mmssl"}
     for ds, group in shown.items():
         for metric, short in (("recall@20", "R@20"), ("precision@20", "P@20"), ("ndcg@20", "N@20")):
             col = f"{group} {short}"
             for row, model in main_models.items():
                 assert md[("", row, col)][0] == expected_cell(results, ds, model, metric)
-            assert md[("", "MMSSL", col)][1] == "best" and md[("", "LATTICE", col)][1] == "second"
+            assert md[("", "MMSSL (paper)", col)][1] == "best" and md[("", "LATTICE", col)][1] == "second"
             assert md[("", "MF-BPR", col)][1] == ""
-            for row in ("HCCF", "NGCF", "CLCRec", "MMSSL (official code)", "LightGCN (RecBole)"):
+            for row in ("HCCF", "NGCF", "CLCRec", "MMSSL (authors' code)", "LightGCN (RecBole)"):
                 assert md[("", row, col)] == ("–", "")
             assert md[("", "Best baseline", col)][0] == "LATTICE"
             a = np.mean(seed_values(results, ds, "mmssl", metric))
             b = np.mean(seed_values(results, ds, "lattice", metric))
-            assert md[("", "Improv.", col)][0] == f"{(a - b) / b * 100:.2f}%"
+            assert md[("", "Improv. MMSSL (paper)", col)][0] == f"{(a - b) / b * 100:.2f}%"
     assert not any(k[1] == "mmssl-wo-cl" for k in md)  # ablations belong to Table 3
 
     # p-values: per-user (means over seeds) and across seeds, one Holm family of 12 tests
@@ -240,8 +240,8 @@ def test_table2_cells(results, rs, tmp_path):
     holm = multipletests(raw, method="holm")[1]
     for (kind, col), p, ph in zip(where, raw, holm):
         label = "per-user" if kind == "user" else "seeds"
-        assert md[("", f"p-value ({label}, raw)", col)][0] == fmt_p(p)
-        assert md[("", f"p-value ({label}, Holm)", col)][0] == fmt_p(ph)
+        assert md[("", f"p MMSSL (paper) ({label}, raw)", col)][0] == fmt_p(p)
+        assert md[("", f"p MMSSL (paper) ({label}, Holm)", col)][0] == fmt_p(ph)
     caption = (tmp_path / "table2.md").read_text(encoding="utf-8")
     assert "Holm family size: 12" in caption and "every test printed in this artefact" in caption
 
@@ -250,24 +250,51 @@ def test_table2_paper_reference(results, rs, tmp_path):
     table2.write(rs, tmp_path, paper_reference=True)
     md = assert_same_cells(tmp_path, "table2")
     ours = np.mean(seed_values(results, "baby", "mmssl", "recall@20"))
-    assert md[("", "MMSSL", "Amazon-Baby paper R@20")] == ("0.0962", "")
+    assert md[("", "MMSSL (paper)", "Amazon-Baby paper R@20")] == ("0.0962", "")
     assert md[("", "LATTICE", "Amazon-Baby paper N@20")] == ("0.0368", "")
-    assert md[("", "MMSSL", "Amazon-Baby Δ R@20")][0] == f"{ours - 0.0962:+.4f}"
+    assert md[("", "MMSSL (paper)", "Amazon-Baby Δ R@20")][0] == f"{ours - 0.0962:+.4f}"
     assert md[("", "p-value (as published)", "Amazon-Baby paper R@20")][0] == "2.23e-06"
-    assert md[("", "Improv.", "Amazon-Baby paper R@20")][0] == "16.04%"
-    assert md[("", "MMSSL (official code)", "Amazon-Baby paper R@20")][0] == "–"  # the paper has no such row
+    assert md[("", "Improv. (as published)", "Amazon-Baby paper R@20")][0] == "16.04%"
+    assert md[("", "MMSSL (authors' code)", "Amazon-Baby paper R@20")][0] == "0.0962"  # the paper's one MMSSL
+    assert md[("", "FREEDOM", "Amazon-Baby paper R@20")][0] == "–"  # the paper has no such row
     assert not any("paper" in k[2] for k in md if k[2].startswith("toyset"))  # no published values
     assert "PUBLISHED" in (tmp_path / "table2.md").read_text(encoding="utf-8")
     assert len(table2.load_paper_table2()) == 17 * 4
 
 
 def test_table2_reference_switch_and_wilcoxon(results, rs, tmp_path):
+    """With another reference, an MMSSL variant is still never its baseline: LATTICE is tested against
+    MF-BPR, the best row that is neither an MMSSL variant nor the reference."""
     table2.write(rs, tmp_path, test="wilcoxon", reference="lattice")
     md = parse_md(tmp_path / "table2.md")
-    ua, va = per_user_mean(results, "baby", "lattice", "ndcg@20")
-    _, vb = per_user_mean(results, "baby", "mmssl", "ndcg@20")
-    assert md[("", "Best baseline", "Amazon-Baby N@20")][0] == "MMSSL"
-    assert md[("", "p-value (per-user, raw)", "Amazon-Baby N@20")][0] == fmt_p(sps.wilcoxon(va, vb).pvalue)
+    _, va = per_user_mean(results, "baby", "lattice", "ndcg@20")
+    _, vb = per_user_mean(results, "baby", "mf-bpr", "ndcg@20")
+    assert md[("", "Best baseline", "Amazon-Baby N@20")][0] == "MF-BPR"
+    assert md[("", "p LATTICE (per-user, raw)", "Amazon-Baby N@20")][0] == fmt_p(sps.wilcoxon(va, vb).pvalue)
+    assert not any(row.startswith("p MMSSL") for _, row, _ in md)
+
+
+def test_table2_has_two_mmssl_rows_each_tested_against_the_best_baseline(tmp_path):
+    """Both MMSSL variants are ranked results with their own p-values and Improv. against the best
+    row that is not an MMSSL variant; one Holm family holds both references' tests."""
+    results = make_results(tmp_path / "res", models={"mmssl": 0.30, "mmssl-official": 0.33, "lattice": 0.25,
+                                                      "freedom": 0.27, "mostpop": 0.1},
+                           datasets={"toyset": (300, 120)})
+    table2.write(common.load_runs(results), tmp_path / "out")
+    md = assert_same_cells(tmp_path / "out", "table2")
+    col = "toyset R@20"
+    assert md[("", "MMSSL (authors' code)", col)][1] == "best" and md[("", "MMSSL (paper)", col)][1] == "second"
+    assert md[("", "Best baseline", col)][0] == "FREEDOM"  # a new row, ranked with the paper's
+    for ref, row in (("mmssl", "MMSSL (paper)"), ("mmssl-official", "MMSSL (authors' code)")):
+        a = np.mean(seed_values(results, "toyset", ref, "recall@20"))
+        b = np.mean(seed_values(results, "toyset", "freedom", "recall@20"))
+        assert md[("", f"Improv. {row}", col)][0] == f"{(a - b) / b * 100:.2f}%"
+        _, va = per_user_mean(results, "toyset", ref, "recall@20")
+        _, vb = per_user_mean(results, "toyset", "freedom", "recall@20")
+        assert md[("", f"p {row} (per-user, raw)", col)][0] == fmt_p(sps.ttest_rel(va, vb).pvalue)
+    rows = [row for _, row, c in md if c == col]
+    assert rows.index("MMSSL (authors' code)") < rows.index("MostPop") < rows.index("FREEDOM") < rows.index("BM3")
+    assert "Holm family size: 12" in (tmp_path / "out" / "table2.md").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- Table 3
@@ -278,7 +305,7 @@ def test_table3_cells(results, rs, tmp_path):
     for ds, group in (("baby", "Amazon-Baby"), ("toyset", "toyset")):
         for metric, short in (("recall@20", "R@20"), ("ndcg@20", "N@20")):
             col = f"{group} {short}"
-            assert md[("", "MMSSL", col)] == (expected_cell(results, ds, "mmssl", metric), "best")
+            assert md[("", "MMSSL (paper)", col)] == (expected_cell(results, ds, "mmssl", metric), "best")
             assert md[("", "w/o-CL", col)] == (expected_cell(results, ds, "mmssl-wo-cl", metric), "second")
             assert md[("", "w/o-ASL", col)] == ("–", "")
             assert md[("", "p MMSSL vs w/o-ASL (raw)", col)][0] == "–"
@@ -312,7 +339,7 @@ def test_table4_explicit_edges(results, rs, tmp_path):
                         vals.append(records.read_arrays(f)["test/ndcg@20"][bucket == k].mean())
                 per_seed[model] = vals
             ref = np.mean(per_seed["mmssl"])
-            assert md[(block, "MMSSL", lab)][0] == f"{ref:.4f} ± {np.std(per_seed['mmssl'], ddof=1):.4f}"
+            assert md[(block, "MMSSL (paper)", lab)][0] == f"{ref:.4f} ± {np.std(per_seed['mmssl'], ddof=1):.4f}"
             for model, row in (("lattice", "LATTICE"), ("mf-bpr", "MF-BPR")):
                 m = np.mean(per_seed[model])
                 imp = (ref - m) / m
@@ -321,9 +348,9 @@ def test_table4_explicit_edges(results, rs, tmp_path):
                 _, va = per_user_mean(results, ds, "mmssl", "ndcg@20")
                 _, vb = per_user_mean(results, ds, model, "ndcg@20")
                 raw.append(sps.ttest_rel(va[bucket == k], vb[bucket == k]).pvalue)
-                where.append((block, f"p MMSSL vs {row}", lab))
+                where.append((block, f"p MMSSL (paper) vs {row}", lab))
             assert md[(block, "VBPR", lab)][0] == "–"
-            assert md[(block, "p MMSSL vs VBPR (raw)", lab)][0] == "–"
+            assert md[(block, "p MMSSL (paper) vs VBPR (raw)", lab)][0] == "–"
     holm = multipletests(raw, method="holm")[1]
     for (block, row, lab), p, ph in zip(where, raw, holm):
         assert md[(block, f"{row} (raw)", lab)][0] == fmt_p(p)
@@ -336,7 +363,7 @@ def test_table4_quantile_default_compare(rs, tmp_path):
     table4.write(rs, tmp_path, spec="quantile:5")
     md = assert_same_cells(tmp_path, "table4")
     rows = {k[1] for k in md if k[0] == "Amazon-Baby"}
-    assert {"VBPR", "MMGCN", "LATTICE", "SLMRec", "MMSSL", "#users"} <= rows
+    assert {"VBPR", "MMGCN", "LATTICE", "SLMRec", "MMSSL (paper)", "#users"} <= rows
     cols = [k[2] for k in md if k[0] == "Amazon-Baby" and k[1] == "#users"]
     assert cols[0].startswith("[0,") and cols[-1].endswith(",∞)") and 2 <= len(cols) <= 5
     assert sum(int(md[("Amazon-Baby", "#users", c)][0]) for c in cols) == len(dataset_facts(0, 400, 150)[2])
@@ -369,7 +396,7 @@ def test_degree_fallback_to_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "load_dataset", broken)
     table4.write(common.load_runs(results), tmp_path / "b", spec="0,1,3,10")
     md = parse_md(tmp_path / "b" / "table4.md")
-    assert md[("Amazon-Baby", "MMSSL", "buckets")][0] == "–"
+    assert md[("Amazon-Baby", "MMSSL (paper)", "buckets")][0] == "–"
 
 
 # --------------------------------------------------------------------------- costs, figures, CLI
@@ -422,8 +449,8 @@ def test_missing_models_never_fail(tmp_path):
     out = tmp_path / "out"
     assert cli_main(["report", "all", "--results", str(results), "--out", str(out)]) == 0
     md = parse_md(out / "table2.md")
-    assert md[("", "MMSSL", "toyset R@20")] == ("–", "")
-    assert md[("", "p-value (per-user, raw)", "toyset R@20")][0] == "–"
+    assert md[("", "MMSSL (paper)", "toyset R@20")] == ("–", "")
+    assert md[("", "p MMSSL (paper) (per-user, raw)", "toyset R@20")][0] == "–"
     assert md[("", "LightGCN", "toyset R@20")][1] == "best"
     t3 = parse_md(out / "table3.md")
     assert all(v[0] == "–" for v in t3.values())
@@ -500,13 +527,13 @@ def test_full_and_quick_runs_give_one_ranked_and_one_smoke_table(mixed, tmp_path
     out = tmp_path / "out"
     assert cli_main(["report", "all", "--results", str(mixed), "--out", str(out), "--buckets", "0,1,3,10"]) == 0
     full = assert_same_cells(out, "table2")
-    assert full[("", "MMSSL", "toyset R@20")][1] == "best"
-    assert full[("", "p-value (per-user, raw)", "toyset R@20")][0] != "–"
-    assert full[("", "Improv.", "toyset R@20")][0] != "–"
+    assert full[("", "MMSSL (paper)", "toyset R@20")][1] == "best"
+    assert full[("", "p MMSSL (paper) (per-user, raw)", "toyset R@20")][0] != "–"
+    assert full[("", "Improv. MMSSL (paper)", "toyset R@20")][0] != "–"
     quick = assert_same_cells(out, "table2-quick")
     assert marks(quick) == {""}
-    assert not {row for _, row, _ in quick} & {"Best baseline", "Improv.", "p-value (per-user, raw)"}
-    for model, row in (("mmssl", "MMSSL"), ("lattice", "LATTICE")):
+    assert not {row for _, row, _ in quick} & {"Best baseline", "Improv. MMSSL (paper)", "p MMSSL (paper) (per-user, raw)"}
+    for model, row in (("mmssl", "MMSSL (paper)"), ("lattice", "LATTICE")):
         assert quick[("", row, "toyset R@20")][0] == expected_cell(mixed, "toyset", model, "recall@20", "quick")
     text = (out / "table2-quick.md").read_text(encoding="utf-8")
     assert text.startswith("# Table 2: performance comparison — quick budget: smoke check, not a comparison")
@@ -540,7 +567,7 @@ def test_a_newer_quick_run_never_displaces_a_full_run(mixed, tmp_path):
             for r in sets["full"].runs(ds, m)} == {"full"}
     table2.write(sets["full"], tmp_path)
     md = parse_md(tmp_path / "table2.md")
-    for model, row in (("mmssl", "MMSSL"), ("lattice", "LATTICE")):
+    for model, row in (("mmssl", "MMSSL (paper)"), ("lattice", "LATTICE")):
         assert md[("", row, "toyset R@20")][0] == expected_cell(mixed, "toyset", model, "recall@20", "full")
         assert md[("", row, "toyset R@20")][0] != expected_cell(mixed, "toyset", model, "recall@20", "quick")
     assert not sets["full"].choices  # one configuration per budget: no choice was made
@@ -565,7 +592,7 @@ def test_two_configurations_are_never_averaged(two_configs, tmp_path, capsys):
     md = parse_md(out / "table2.md")
     new = expected_cell(two_configs, "toyset", "mmssl", "recall@20", config="h-new-mmssl")
     old = expected_cell(two_configs, "toyset", "mmssl", "recall@20", config="h-old-mmssl")
-    assert md[("", "MMSSL", "toyset R@20")][0] == new != old
+    assert md[("", "MMSSL (paper)", "toyset R@20")][0] == new != old
     assert md[("", "LATTICE", "toyset R@20")][1] == "best"  # the newest mmssl config is the worse one
     text = (out / "table2.md").read_text(encoding="utf-8")
     assert "toyset/mmssl: h-new-mmssl (newest; not used: h-old-mmssl)" in text
@@ -576,7 +603,7 @@ def test_two_configurations_are_never_averaged(two_configs, tmp_path, capsys):
     assert cli_main(["report", "table2", "--results", str(two_configs), "--out", str(out),
                      "--config-of", "mmssl=h-old"]) == 0
     md = parse_md(out / "table2.md")
-    assert md[("", "MMSSL", "toyset R@20")] == (old, "best")
+    assert md[("", "MMSSL (paper)", "toyset R@20")] == (old, "best")
     assert "toyset/mmssl: h-old-mmssl (--config-of; not used: h-new-mmssl)" in (out / "table2.md").read_text(encoding="utf-8")
 
     for bad, says in ((["--config-of", "vbpr=abc"], "no run of model 'vbpr'"),

@@ -249,7 +249,7 @@ def test_table2_ranks_only_rows_of_the_same_kind(tmp_path):
     rows = dict(table.blocks[0].rows)
     assert "LATTICE · tuned (7 trials)" in rows
     assert rows["Best baseline"][0].text == "MF-BPR"
-    assert rows["MMSSL · default"][0].mark == "best" and rows["LATTICE · tuned (7 trials)"][0].mark == "best"
+    assert rows["MMSSL (paper) · default"][0].mark == "best" and rows["LATTICE · tuned (7 trials)"][0].mark == "best"
     assert rows["MF-BPR · default"][0].mark == "second"
 
 

@@ -14,14 +14,14 @@ from mmbench import stats
 from mmbench.reports.common import (MISSING, Block, Cell, Comparison, RunSet, Table, correct,
                                     dataset_label, family_note, fmt_int, fmt_p, fmt_pct, fmt_value,
                                     metric_label, per_user_test, report_table, warn, write_table)
-from mmbench.reports.table2 import ABLATIONS, EXTRA_ROWS, PAPER_ROWS
+from mmbench.reports.table2 import ABLATIONS, EXTRA_ROWS, RANKED_ROWS
 
 PAPER_COMPARE = ("vbpr", "mmgcn", "lattice", "slmrec")  # the paper's Table 4 rows
 METRIC = NDCG_20
 
 
 def model_label(model: str) -> str:
-    for lab, m in PAPER_ROWS + EXTRA_ROWS:
+    for lab, m in RANKED_ROWS + EXTRA_ROWS:
         if m == model:
             return lab
     return model
