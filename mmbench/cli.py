@@ -76,8 +76,9 @@ def cmd_run(args) -> int:
     from mmbench import preflight
     from mmbench.errors import ConfigError
     from mmbench.data.registry import load_dataset
+    from mmbench.budget import CUSTOM
     from mmbench.runner import (check_model_fits_data, expand_models, model_config, parse_seeds,
-                                run_all, summary_table)
+                                run_all, run_budget, summary_table)
     from mmbench.train.trainer import resolve_device
 
     # Everything that needs no data is checked first, before loading or writing anything.
@@ -104,12 +105,18 @@ def cmd_run(args) -> int:
         models = [m for m in models if m not in skipped]
         if skipped:
             print(f"[skip] {data.name} has no item features: not running {', '.join(skipped)}", file=sys.stderr)
+    labels = set()
     for m in models:  # data-dependent checks (modalities, features) right after loading
-        check_model_fits_data(m, model_config(m, data.name, args.budget, args.config, args.set_items, tuned), data)
+        cfg = model_config(m, data.name, args.budget, args.config, args.set_items, tuned)
+        check_model_fits_data(m, cfg, data)
+        labels.add(run_budget(m, data.name, args.budget, cfg))
+    budget = args.budget if labels <= {args.budget} else (
+        f"{CUSTOM} (--budget {args.budget} with other epochs/patience)" if labels == {CUSTOM}
+        else f"{args.budget}, {CUSTOM} where --config/--set change epochs/patience")
     print(f"mmbench run: {len(models)} model(s) × {len(seeds)} seed(s) on {data.name} "
           f"({data.n_users} users, {data.n_items} items, modalities {data.modalities or 'none'}, "
           f"data {data.fingerprint[:12]}) on {device}, {args.threads} thread(s) per run, "
-          f"budget {args.budget}", file=sys.stderr)
+          f"budget {budget}", file=sys.stderr)
     if on_dask:  # imported only here: `--workers 1` never imports dask
         try:
             from mmbench import grid

@@ -125,6 +125,7 @@ from mmbench.models.mmssl_parts import (
     masked_rows_factored,
     official_contrastive,
     official_contrastive_constant,
+    literal_contrastive,
     official_real_rows_factored,
     paper_contrastive,
     row_sq_norms,
@@ -180,6 +181,15 @@ class MMSSL(Recommender):
         "topk_rate": Param(0.01, float, min=0, max=1, doc="fraction of items kept per relation row"),
         "d_slope": 0.2, "d_out_scale": 1.0,
         "reg_weight": 0.0, "feat_reg": 0.0,
+        # Readings of the paper where its text allows two (reports/NOTES.md has the measurements).
+        "l2_reading": Param("decoupled", str, choices=("decoupled", "explicit"),
+                            doc="Eq. 13's λ4‖Θ‖² (λ4 = weight_decay): AdamW's decoupled decay (the text: "
+                                "'weight-decay regularization', AdamW), or an explicit loss term on every "
+                                "generator parameter with no optimiser decay"),
+        "cl_reading": Param("other_users", str, choices=("other_users", "literal"),
+                            doc="Eq. 11's negatives: other users' e^m_u' and e^m'_u' (the text: 'different user "
+                                "representations are far apart'), or the formula's literal subscripts (the "
+                                "same user's e^m'_u only, the sum over u' a constant factor |U|)"),
     })
     # The authors' per-dataset settings (spec §6.2; `patience` 8: the code stops after 8 epochs
     # without a better valid Recall@20). Other datasets get the shared caps of every model.
@@ -447,11 +457,23 @@ class MMSSL(Recommender):
     def contrastive_loss(self, enc: Encoded, users: torch.Tensor) -> torch.Tensor:
         h = enc.h_u[users]
         modal = [e[users] if e is not None else torch.zeros_like(h) for e in enc.modal_u]
+        if self.cfg.get("cl_reading", "other_users") == "literal":
+            return literal_contrastive(h, modal, self.cfg.cl_tau)
         return paper_contrastive(h, modal, self.cfg.cl_tau)
 
+    def explicit_l2(self) -> bool:
+        """λ4 as a loss term (`l2_reading=explicit`) instead of the optimiser's decoupled decay."""
+        return self.cfg.get("l2_reading", "decoupled") == "explicit"
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("disc.")]
+
     def regularisers(self, enc: Encoded, hu, hp, hn) -> dict[str, torch.Tensor]:
-        """The code's L2 terms (zero-weighted in the paper variant): batch final embeddings, all features."""
+        """The code's L2 terms (zero-weighted in the paper variant): batch final embeddings, all features;
+        and with `l2_reading=explicit`, Eq. 13's λ4‖Θ‖² over every generator parameter."""
         cfg, out = self.cfg, {}
+        if self.explicit_l2() and cfg.weight_decay:
+            out["l2"] = cfg.weight_decay * sum(p.pow(2).sum() for p in self.generator_parameters())
         if cfg.reg_weight:
             out["reg"] = cfg.reg_weight * l2_per_batch(hu, hp, hn)
         if cfg.feat_reg:
@@ -478,9 +500,10 @@ class MMSSL(Recommender):
     # ---- the trainer's hooks --------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """AdamW for the recommender/generator; Adam(betas 0.5, 0.9), no decay, for D (the code)."""
-        gen = [p for n, p in self.named_parameters() if not n.startswith("disc.")]
+        gen = self.generator_parameters()
         cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
-        opts = [cls(gen, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)]
+        decay = 0.0 if self.explicit_l2() else self.cfg.weight_decay  # explicit: λ4 is in the loss
+        opts = [cls(gen, lr=self.cfg.lr, weight_decay=decay)]
         if self.disc is not None:
             opts.append(torch.optim.Adam(self.disc.parameters(), lr=self.cfg.d_lr, betas=(0.5, 0.9)))
         return opts

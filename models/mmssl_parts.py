@@ -537,6 +537,22 @@ def paper_contrastive(h: torch.Tensor, modal: list[torch.Tensor], tau: float) ->
     return total
 
 
+def literal_contrastive(h: torch.Tensor, modal: list[torch.Tensor], tau: float) -> torch.Tensor:
+    """Eq. 11 with its subscripts as printed: anchor h_u, positive e_u^m, and in the denominator
+    Σ_{u'} (exp s(h_u, e_u^m) + exp s(e_u^m, e_u^{m'})), where nothing depends on u' — so the only
+    negatives are the same user's other modalities (summed over m' ≠ m) and the sum over u' is the
+    constant factor |U| (here the batch size: log B added, no gradient). Mean over users."""
+    q = rownorm(h)
+    keys = [rownorm(e) for e in modal]
+    log_b = math.log(len(h))
+    total = h.new_zeros(())
+    for m, k in enumerate(keys):
+        pos = (q * k).sum(1) / tau
+        terms = [pos] + [(k * o).sum(1) / tau for j, o in enumerate(keys) if j != m]
+        total = total + (log_b + torch.logsumexp(torch.stack(terms), dim=0) - pos).mean()
+    return total
+
+
 def official_contrastive(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     """The code's loss (spec §5): anchor z1 = e^m_u, positive z2 = h_u, GRACE-style in-batch negatives
     (same-view others + every cross-view z2), `−log(ratio + 1e-8)`, mean over the batch."""

@@ -20,6 +20,7 @@ from mmbench.models.mmssl_parts import (
     official_real_rows_factored,
     gumbel_softmax_rows,
     inverted_dropout,
+    literal_contrastive,
     paper_contrastive,
     row_sq_norms,
     rownorm,
@@ -490,6 +491,65 @@ def test_paper_contrastive_matches_its_definition_in_value_and_gradient(n_mod, t
     assert float(fast) == pytest.approx(float(slow), rel=1e-9)
     for a, b in zip(g_fast, g_slow):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def _literal_by_definition(h, modal, tau):
+    """Eq. 11 exactly as printed, per user: the denominator Σ_{u'∈batch} (exp s(h_u, e_u^m) +
+    Σ_{m'≠m} exp s(e_u^m, e_u^{m'})) — its summand never mentions u'."""
+    q = rownorm(h)
+    keys = [rownorm(e) for e in modal]
+    total = 0.0
+    for m, k in enumerate(keys):
+        for u in range(len(h)):
+            pos = torch.exp(q[u] @ k[u] / tau)
+            inner = pos + sum(torch.exp(k[u] @ keys[o][u] / tau) for o in range(len(keys)) if o != m)
+            denom = sum(inner for _ in range(len(h)))  # Σ over u' of a term without u'
+            total = total - torch.log(pos / denom) / len(h)
+    return total
+
+
+@pytest.mark.parametrize("n_mod", [1, 2, 3])
+def test_literal_eq11_reading_matches_the_printed_formula(n_mod):
+    gen = torch.Generator().manual_seed(10 + n_mod)
+    h = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    modal = [torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(n_mod)]
+    fast, slow = literal_contrastive(h, modal, 0.085), _literal_by_definition(h, modal, 0.085)
+    assert float(fast) == pytest.approx(float(slow), rel=1e-9)
+    for a, b in zip(torch.autograd.grad(fast, [h, *modal]), torch.autograd.grad(slow, [h, *modal])):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+    if n_mod == 1:  # no other modality: only the positive is left, so no gradient at all
+        assert all(float(g.abs().max()) < 1e-9 for g in torch.autograd.grad(literal_contrastive(h, modal, 0.085),
+                                                                             [h, *modal]))
+
+
+def test_cl_reading_switches_the_contrastive_loss(synthetic):
+    batch = Batch(torch.arange(8), torch.arange(8), torch.arange(8, 16))
+    values = {}
+    for reading in ("other_users", "literal"):
+        model = build("mmssl", synthetic, f"cl_reading={reading}", "topk_rate=0.05")
+        with torch.no_grad():
+            enc = model.encode(dropout=False)
+            values[reading] = float(model.contrastive_loss(enc, batch.users))
+            h = enc.h_u[batch.users]
+            modal = [e[batch.users] for e in enc.modal_u]
+        fn = literal_contrastive if reading == "literal" else paper_contrastive
+        assert values[reading] == pytest.approx(float(fn(h, modal, model.cfg.cl_tau)), rel=1e-6)
+    assert values["literal"] != pytest.approx(values["other_users"])
+
+
+def test_l2_reading_explicit_puts_lambda4_into_the_loss_and_not_the_optimiser(synthetic):
+    decoupled = build("mmssl", synthetic)
+    explicit = build("mmssl", synthetic, "l2_reading=explicit")
+    assert decoupled.configure_optimizers()[0].param_groups[0]["weight_decay"] == 0.01
+    assert explicit.configure_optimizers()[0].param_groups[0]["weight_decay"] == 0.0
+    batch = Batch(torch.arange(8), torch.arange(8), torch.arange(8, 16))
+    torch.manual_seed(0)
+    losses = explicit.calculate_loss(batch)
+    want = 0.01 * sum(float(p.detach().pow(2).sum()) for n, p in explicit.named_parameters()
+                      if not n.startswith("disc."))
+    assert float(losses["l2"]) == pytest.approx(want, rel=1e-5)
+    assert "l2" not in decoupled.calculate_loss(batch)
+    assert get_model_class("mmssl-official").defaults.get("l2_reading") is None  # the code has its own terms
 
 
 def test_inverted_dropout_keeps_the_expectation_and_the_drop_rate():
