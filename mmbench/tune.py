@@ -182,9 +182,20 @@ def _load_space(model: str, chain: tuple[str, ...]) -> Space:
         raise SpaceError(f"{where}: `space` must map config keys to ranges or choices")
     for key, spec in body.items():
         dims[str(key)] = _dim(str(key), spec, params, model, where)
-    if not dims:
+    if not dims and not _fits_once(model):
         raise SpaceError(f"{where}: the space is empty")
     return Space(model, tuple(dims.values()), str(path))
+
+
+def _fits_once(model: str) -> bool:
+    from mmbench.models.base import get_model_class
+
+    return bool(get_model_class(model).fits_once)
+
+
+def has_nothing_to_tune(model: str) -> bool:
+    """A model fitted in closed form whose space file declares no parameter (MostPop)."""
+    return not load_space(model).dims
 
 
 def _dim(key: str, spec: Any, params: dict[str, Param], model: str, where: str) -> Dim:
@@ -596,6 +607,9 @@ def plan_study(model: str, data, budget: str, seed: int, threads: int, device,
     from mmbench.runner import check_model_fits_data
 
     space = load_space(model)
+    if not space.dims:
+        raise ConfigError(f"model {model!r} has no hyper-parameters (models/spaces/{model}.yaml): nothing to "
+                          "tune; `mmbench run` evaluates it")
     pinned = sorted(pinned_keys(model, config_file, set_items) & set(space.keys))
     space = space.without(pinned)
     if not space.dims:

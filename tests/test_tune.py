@@ -331,3 +331,11 @@ def test_one_storage_shares_a_study_between_results_folders(synthetic, tmp_path)
     assert a[0].study == b[0].study and b[0].trials[0].number == 2
     assert tune.load_tuned(tmp_path / "b", "synthetic", "smoke")["mf-bpr"]["provenance"]["trials"] == 3
     assert not (tmp_path / "a" / "tuning" / "studies.db").exists()
+
+
+def test_a_model_without_hyper_parameters_is_skipped_by_all_and_refused_by_name(tmp_path, capsys):
+    assert tune.has_nothing_to_tune("mostpop") and not tune.has_nothing_to_tune("itemknn")
+    args = ["tune", "--dataset", "synthetic", "--trials", "1", "--budget", "smoke", "--results", str(tmp_path)]
+    assert main(args + ["--models", "mostpop"]) == 2
+    assert "nothing to tune" in capsys.readouterr().err
+    assert not (tmp_path / "tuning").exists()
