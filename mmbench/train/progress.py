@@ -68,12 +68,13 @@ class EpochProgress:
 
     def epoch(self, epoch: int, losses: dict[str, float], seconds: float, valid: dict[str, Any] | None,
               metric: str, best_epoch: int) -> None:
-        loss = losses.get("loss", float("nan"))
+        # a model fitted when built (MostPop, ItemKNN) has no training loss
+        loss = f"{losses['loss']:.4f}" if "loss" in losses else "none (fitted when built)"
         shown = f" valid {metric} {valid[metric]:.4f} (best epoch {best_epoch})" if valid is not None else ""
-        line = f"{self.desc} epoch {epoch}/{self.total}: loss {loss:.4f}{shown} {seconds:.1f}s"
+        line = f"{self.desc} epoch {epoch}/{self.total}: loss {loss}{shown} {seconds:.1f}s"
         append_log(self.log, line)
         if self.bar is not None:
-            post = {"loss": f"{loss:.4f}", "best": best_epoch}
+            post = {"loss": loss, "best": best_epoch}
             if valid is not None:
                 post[metric] = f"{valid[metric]:.4f}"
             self.bar.set_postfix(**post)
