@@ -139,6 +139,31 @@ def test_grcn_prunes_edges_of_distrusted_senders():
     sent_by_user0 = model.graph.col == 0
     assert sent_by_user0.any() and torch.all(w[sent_by_user0] == 0)
     assert torch.all(w[~sent_by_user0] > 0)
+    model.cfg["pruning"] = "none"  # the authors' published commands (is_pruning=False): no ReLU
+    with torch.no_grad():
+        w = model.refined_weights()
+    assert torch.all(w[sent_by_user0] < 0) and torch.all(w[~sent_by_user0] > 0)
+
+
+def test_grcn_routing_rounds_move_only_connected_users():
+    """n_routing=0 (what the authors' code computes: its routing aggregates onto items) leaves every
+    user's content preference at its normalised parameter; routing rounds move the preference of
+    users with training items and never that of zero-degree user 9."""
+    data = tiny(2)
+    users = data.n_users
+    with torch.no_grad():
+        for rounds in (0, 1, 3):
+            model = build("grcn", data, f"n_routing={rounds}")
+            own = torch.nn.functional.normalize(model.preference[0], dim=1)
+            routed = model.routed_preference(0)
+            assert routed.shape == (users, 64)
+            moved = (routed - own).norm(dim=1) > 1e-6
+            if rounds == 0:
+                assert not moved.any()
+            else:
+                assert moved[:9].all() and not moved[9]
+        with pytest.raises(ConfigError):
+            build("grcn", data, "n_routing=-1")
 
 
 @pytest.mark.parametrize("task", ["FAC", "FD", "FM", "none"])
@@ -162,7 +187,8 @@ def test_defaults_follow_papers():
     assert (lat.knn_k, lat.lambda_coeff, lat.n_layers, lat.n_item_layers) == (10, 0.9, 2, 1)
     slm = cfg("slmrec")
     assert (slm.n_layers, slm.temp, slm.ssl_temp, slm.ssl_task) == (3, 0.2, 0.2, "FAC")
-    assert cfg("grcn").n_routing == 3
+    grcn = cfg("grcn")
+    assert (grcn.n_routing, grcn.n_id_layers, grcn.conf_init, grcn.pruning) == (3, 2, 1.0, "relu")
 
 
 # --------------------------------------------------------------------------- training runs
