@@ -197,3 +197,18 @@ def run_paused_then_killed(model: str, cli_args: list[str], env: dict, tmp_path,
         victim.stdout.close()
     assert not list(results.glob("runs/**/record.json"))
     return only_file(results, "checkpoint.pt")
+
+
+def dense_normalized_adjacency(train):
+    """Brute force D^-½ A D^-½ of the bipartite graph [[0, R], [Rᵀ, 0]] as a dense float64 array, zero
+    rows for isolated nodes: the reference the sparse graph code is checked against (small inputs)."""
+    import numpy as np
+
+    r = train.toarray().astype(np.float64)
+    u, i = r.shape
+    a = np.zeros((u + i, u + i))
+    a[:u, u:] = r
+    a[u:, :u] = r.T
+    deg = a.sum(1)
+    d = np.where(deg > 0, 1 / np.sqrt(np.maximum(deg, 1e-12)), 0.0)
+    return d[:, None] * a * d[None, :]

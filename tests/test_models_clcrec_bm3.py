@@ -9,21 +9,9 @@ import torch
 
 from mmbench.models.base import Batch
 from mmbench.tune import load_space
-from model_helpers import build, cfg, loss_and_scores_are_finite, tiny
+from model_helpers import build, cfg, dense_normalized_adjacency, loss_and_scores_are_finite, tiny
 
 BATCH = Batch(torch.tensor([0, 1, 2, 9, 4]), torch.tensor([1, 2, 3, 10, 5]), torch.tensor([6, 7, 8, 9, 0]))
-
-
-def dense_adjacency(train) -> np.ndarray:
-    """D^-½ A D^-½ of the bipartite graph, densely, zero-degree rows left at 0."""
-    r = train.toarray().astype(np.float64)
-    u, i = r.shape
-    a = np.zeros((u + i, u + i))
-    a[:u, u:] = r
-    a[u:, :u] = r.T
-    deg = a.sum(1)
-    d = np.where(deg > 0, 1 / np.sqrt(np.maximum(deg, 1e-12)), 0.0)
-    return d[:, None] * a * d[None, :]
 
 
 def grads(model) -> dict[str, torch.Tensor]:
@@ -161,7 +149,7 @@ def test_clcrec_defaults_are_the_authors_movielens_command():
 def test_bm3_backbone_equals_dense_lightgcn_plus_ego(n_layers):
     data = tiny(2)
     model = build("bm3", data, f"n_layers={n_layers}")
-    a = dense_adjacency(data.train)
+    a = dense_normalized_adjacency(data.train)
     with torch.no_grad():
         ego = torch.cat([model.user_emb.weight, model.item_emb.weight]).double().numpy()
         users, items = model.forward()

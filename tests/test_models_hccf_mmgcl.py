@@ -16,21 +16,9 @@ from mmbench.errors import ConfigError
 from mmbench.models.base import Batch
 from mmbench.models.graph import normalized_bipartite_adjacency
 from mmbench.models.mmgcl import info_nce_with_negatives
-from model_helpers import build, cfg, loss_and_scores_are_finite, tiny
+from model_helpers import build, cfg, dense_normalized_adjacency, loss_and_scores_are_finite, tiny
 
 BATCH = Batch(torch.tensor([0, 1, 2, 3, 1, 9]), torch.tensor([1, 2, 3, 4, 5, 0]), torch.tensor([6, 7, 8, 9, 10, 11]))
-
-
-def dense_norm_adj(train: sp.csr_matrix) -> np.ndarray:
-    """Brute force D^-½ A D^-½ of [[0, R], [Rᵀ, 0]] with zero rows for isolated nodes."""
-    r = train.toarray().astype(np.float64)
-    u, i = r.shape
-    a = np.zeros((u + i, u + i))
-    a[:u, u:] = r
-    a[u:, :u] = r.T
-    deg = a.sum(1)
-    d = np.where(deg > 0, 1 / np.sqrt(np.maximum(deg, 1e-12)), 0.0)
-    return d[:, None] * a * d[None, :]
 
 
 def leaky(x: torch.Tensor, slope: float) -> torch.Tensor:
@@ -66,7 +54,7 @@ def test_hccf_forward_matches_dense_reference():
     model = build("hccf", data, "hyper_num=5", "n_layers=2", "hyper_mapping_layers=2").double()
     with torch.no_grad():
         emb, local, glob = model.forward(train=False)
-    a = torch.from_numpy(dense_norm_adj(data.train))
+    a = torch.from_numpy(dense_normalized_adjacency(data.train))
     s = model.cfg.leaky
     e = torch.cat([model.user_emb, model.item_emb]).detach()
     hs = [model.user_emb.detach() @ model.user_hyper.detach(), model.item_emb.detach() @ model.item_hyper.detach()]
@@ -114,7 +102,7 @@ def test_hccf_edge_dropout_on_graph_and_hypergraph():
     kept = dropped != 0
     assert torch.allclose(dropped[kept], vals[kept] / 0.5) and 0.3 < kept.double().mean() < 0.7
     dense = torch.from_numpy(model.graph.to_scipy(dropped).toarray())
-    full = torch.from_numpy(dense_norm_adj(data.train))
+    full = torch.from_numpy(dense_normalized_adjacency(data.train))
     assert torch.allclose(torch.where(dense != 0, full / 0.5, torch.zeros_like(full)), dense)
     assert not torch.allclose(dense, dense.T), "user←item and item←user are dropped independently"
     x = torch.randn(dense.shape[0], 4, dtype=torch.float64, requires_grad=True)
@@ -224,7 +212,7 @@ def test_mmgcl_dropped_graph_is_the_renormalised_dense_graph():
         keep[r.indptr[0]:r.indptr[1]] = False  # user 0 loses all its edges
         kept = sp.csr_matrix((keep.numpy().astype(np.float64), r.indices, r.indptr), shape=r.shape)
         got = model.dropped_adjacency(keep).to_dense().double()
-        want = torch.from_numpy(dense_norm_adj(kept))
+        want = torch.from_numpy(dense_normalized_adjacency(kept))
         assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got, got.T)
         assert torch.all(got[0] == 0) and torch.isfinite(got).all()
 
@@ -234,7 +222,7 @@ def test_mmgcl_branches_and_fusion_match_dense_reference():
     mean of Â^l [E_u; X_b] for l = 0..L with X_id = item IDs and X_m = Linear_m(l2-normalised f_m)."""
     data = tiny(2)
     model = build("mmgcl", data).double()
-    a = torch.from_numpy(dense_norm_adj(data.train))
+    a = torch.from_numpy(dense_normalized_adjacency(data.train))
     p = model.cfg.n_layers
     xs = [model.item_emb] + [proj(model.features[k]) for k, proj in enumerate(model.proj)]
     with torch.no_grad():
@@ -261,7 +249,7 @@ def test_mmgcl_modality_masking_replaces_the_masked_nodes_inputs():
     data = tiny(3)
     model = build("mmgcl", data).double()
     n = data.n_users + data.n_items
-    a = torch.from_numpy(dense_norm_adj(data.train))
+    a = torch.from_numpy(dense_normalized_adjacency(data.train))
     with torch.no_grad():
         br = model.branches()
         masked = torch.zeros(n, dtype=torch.bool)
