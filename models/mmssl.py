@@ -46,10 +46,20 @@ Where the paper is silent or ambiguous (`mmssl`), we follow the code and say so:
 * Eq. 11: anchor h_u, positive e_u^m (the Eq. 8 aggregate, before attention), negatives e^m_{u'} of the
   other batch users and e^{m'}_{u'} of the other modalities (scored against e_u^m); in-batch users only;
   mean over users instead of the sum (a rescaling of λ2). τ' = 0.5 (the code), 0.085 on TikTok (the
-  paper's best there).
-* Eq. 13: λ4‖Θ‖² = AdamW's decoupled weight decay (the paper names AdamW); the paper only gives a search
-  grid {1.2e-2, 1.4e-2, 1.6e-2}, so we use the code's effective 0.01. BPR is a mean (the code), not a sum.
-  No other regulariser (the code's 1e-5 L2 terms are not in the paper: `reg_weight` = `feat_reg` = 0).
+  paper's best there). The printed formula sums over u' a term whose subscripts are all u (read
+  literally: the only negatives are the same user's other modalities, and Σ_{u'} is a constant |U|);
+  the text — "an embedding space in which different user representations are far apart", and the
+  appendix's gradient analysis of hard negatives "(other users)" — supports other users' embeddings as
+  negatives, so that is the default (`cl_reading=other_users`); `cl_reading=literal` is the printed
+  subscripts. Measured on TikTok validation (reports/NOTES.md, "MMSSL"): this loss, as the text reads it,
+  is what makes `mmssl` peak at epoch 1 — without it (w/o-CL) or read literally (an almost constant
+  loss), valid R@20 keeps rising over the first epochs.
+* Eq. 13: λ4‖Θ‖² = AdamW's decoupled weight decay (the paper names AdamW, and calls the term "the
+  weight-decay regularization"); the paper only gives a search grid {1.2e-2, 1.4e-2, 1.6e-2}, so we use
+  the code's effective 0.01. BPR is a mean (the code), not a sum. No other regulariser (the code's 1e-5
+  L2 terms are not in the paper: `reg_weight` = `feat_reg` = 0). `l2_reading=explicit` is the other
+  reading: λ4‖Θ‖² as a loss term over every generator parameter, no optimiser decay. Neither it nor the
+  code's extra 1e-5 terms removes the epoch-1 peak on TikTok (reports/NOTES.md, "MMSSL").
 * Table 3 ablations (the paper gives one sentence each): w/o-ASL drops the discriminator and L_G; w/o-CL
   drops L_CL; w/o-GT replaces the Gumbel transform in Eq. 5 by the observed row A[u] (the ζ-term stays);
   r/p-GAE replaces L_G by a graph-autoencoder loss: the relation rows (Eq. 3 cosines, scaled by
