@@ -34,15 +34,13 @@ commands also run `--is_pruning=False` (`pruning=none`: no ReLU on the refined w
 Measured on TikTok (valid R@20, seed 2024, lr 1e-3; records under results/fidelity/runs/tiktok-1d300161/grcn/):
 - routing rounds decide the level: n_routing=0 peaks at epoch 3 with .0724 (9bf3b23b45-seed2024,
   full budget), n_routing=1 at epoch 7 with .0541 (765a5b3162-seed2024, full), n_routing=3 at epoch 8
-  with .0416 (80bc040f72-seed2024, 10 epochs; the older reference record
-  results/reference/runs/tiktok/grcn/60232293ef-seed2024 has .0433 at epoch 8, same epoch 1, other
-  code since, which falls to .0354 by epoch 20). The full-budget runs fall after their peak while the
+  with .0416 (80bc040f72-seed2024, 10 epochs; the reference record regenerated with this code,
+  results/reference/runs/tiktok-1d300161/grcn/ebac474105-seed2024, full budget: .0459 at epoch 28). The full-budget runs fall after their peak while the
   train BPR keeps falling (n_routing=0: 0.31 → 0.06, valid .055 by epoch 23).
 - why: at initialisation, 3 rounds pull each user's image preference onto its few items' content
-  (TikTok median train degree 2): the routed preferences of different users have mean cosine .88
-  (the items' contents have .89), keep cosine .20 with the user's own learnable vector, and the
-  gradient reaching that vector for one BPR batch falls 9× (image) and 1.7× (audio) against 0
-  rounds. Routing as specified turns the per-user content preference into an average of item
+  (TikTok median train degree 2), so different users' routed preferences become about as alike as
+  item contents, the user's own learnable vector keeps little influence, and less of the BPR gradient
+  reaches it (a mechanism, reports/NOTES.md; the records measure its effect). Routing as specified turns the per-user content preference into an average of item
   content, which hurts on sparse TikTok; on ML-100K (median degree 52) it is nearly neutral: quick
   budget, best .3207 at epoch 10 with 3 rounds (results/reference/runs/ml100k/grcn/967170eeb1-seed2024)
   against .3260 at epoch 9 with 0 (results/fidelity/runs/ml100k-270d637e/grcn/b386a4f613-seed2024).
