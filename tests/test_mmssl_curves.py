@@ -1,0 +1,32 @@
+"""The yardstick of issue #13's refactor: both MMSSL variants' first three TikTok epochs (seed 2024,
+one thread, the resolved config of the day they were stored) give the stored validation R@20 curves.
+
+After a pure refactor the curves must match exactly; after a speed-up, each epoch within 0.002
+(≈ 6 of TikTok's 3,051 validation users) or the change is explained. About 15 minutes of CPU, so
+marked `slow` (run it with `pytest -m slow tests/test_mmssl_curves.py`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmbench.data.registry import load_dataset
+from mmbench.runner import model_config, train_one
+from mmbench.train.trainer import resolve_device
+
+STORED = Path(__file__).parent / "data" / "mmssl_tiktok_curves.json"
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["mmssl", "mmssl-official"])
+def test_three_tiktok_epochs_give_the_stored_validation_curve(name, real_data_dir):
+    stored = json.loads(STORED.read_text())[name]
+    data = load_dataset("tiktok", data_dir=str(real_data_dir))
+    assert data.fingerprint.startswith(stored["data_fingerprint"])
+    cfg = model_config(name, "tiktok", "full", None, stored["set"])
+    rec = train_one(name, data, cfg, stored["seed"], resolve_device("cpu"), None, progress=False,
+                    threads=stored["threads"])
+    curve = [h["valid"]["recall@20"] for h in rec["history"]]
+    assert curve == pytest.approx(stored["valid_recall@20"], abs=stored["tolerance"]), curve
