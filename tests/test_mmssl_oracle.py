@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from mmbench.data.synthetic import make_synthetic
-from mmbench.models.base import get_model_class
-from mmbench.runner import model_config
 from mmssl_oracle import oracle_losses
+from test_mmssl import build
 
 TIGHT = 1e-9  # oracle vs fast=false: the same operations in the same order (bit for bit here)
 TOL = 1e-4  # oracle vs fast=true, as benchmarks/mmssl_speed.py
@@ -21,14 +20,6 @@ def datasets(synthetic):
     for n in (1, 3):
         out[n] = make_synthetic(n_users=120, n_items=80, seed=0, modalities=MODALITIES[n])
     return out
-
-
-def build(name: str, data, *sets: str, seed: int = 0):
-    cfg = model_config(name, data.name, "full", None, ["batch_size=32", *sets])
-    torch.manual_seed(seed)
-    model = get_model_class(name)(data.train_view(), cfg)
-    model.train()
-    return model
 
 
 def model_losses(model, batch, seed: int):
