@@ -55,6 +55,30 @@ def fingerprint_of_schema1(name: str, checksums: dict, modalities: list) -> str:
         return UNKNOWN
 
 
+def adopt_sibling_fingerprints(recs: list) -> list:
+    """Schema-1 records whose fingerprint is `unknown` only because the data is absent here take the
+    fingerprint of a schema-2 record read beside them with the same dataset name, the same file
+    checksums and the same modalities (same files, same reader → same content). Where the siblings
+    disagree, or none exists, the record stays `unknown`. Returns the records, replaced where adopted."""
+    import dataclasses
+
+    known: dict[tuple, set[str]] = {}
+    for r in recs:
+        ds = r.dataset
+        if ds.fingerprint != UNKNOWN and ds.checksums:
+            key = (ds.name, tuple(sorted(ds.checksums.items())), tuple(ds.modalities))
+            known.setdefault(key, set()).add(ds.fingerprint)
+    out = []
+    for r in recs:
+        ds = r.dataset
+        key = (ds.name, tuple(sorted(ds.checksums.items())), tuple(ds.modalities))
+        found = known.get(key, set())
+        if ds.fingerprint == UNKNOWN and ds.checksums and len(found) == 1:
+            r = dataclasses.replace(r, dataset=dataclasses.replace(ds, fingerprint=next(iter(found))))
+        out.append(r)
+    return out
+
+
 @lru_cache(maxsize=8)
 def _card_dataset(name: str):
     """The card's dataset as loaded today, or None (not a card, files absent or changed)."""

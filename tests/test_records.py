@@ -158,3 +158,25 @@ def test_no_metric_name_is_spelled_out_outside_the_record_and_metric_modules():
                 if pattern.search(code) and '"""' not in line:
                     offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_schema1_records_adopt_the_fingerprint_of_siblings_with_the_same_files():
+    """Without the data here, a schema-1 record is `unknown`; a schema-2 record read beside it with
+    the same name, file checksums and modalities lends it its fingerprint (same files, same reader).
+    Other checksums, other modalities or disagreeing siblings leave it unknown."""
+    from mmbench.records import UNKNOWN
+    from mmbench.upgrade import adopt_sibling_fingerprints
+
+    @dataclasses.dataclass
+    class Rec:
+        dataset: DatasetRef
+
+    def ref(fp, sums=(("train.json", "aa"),), mods=("image",), name="tiktok"):
+        return Rec(DatasetRef(name=name, fingerprint=fp, checksums=dict(sums), statistics={}, modalities=list(mods)))
+
+    old, new = ref(UNKNOWN), ref("f" * 64)
+    other_files, other_mods = ref(UNKNOWN, sums=(("train.json", "bb"),)), ref(UNKNOWN, mods=("audio",))
+    out = adopt_sibling_fingerprints([old, new, other_files, other_mods])
+    assert [r.dataset.fingerprint for r in out] == ["f" * 64, "f" * 64, UNKNOWN, UNKNOWN]
+    torn = adopt_sibling_fingerprints([ref(UNKNOWN), ref("a" * 64), ref("b" * 64)])
+    assert torn[0].dataset.fingerprint == UNKNOWN

@@ -465,7 +465,10 @@ def read_runs(results: str | Path) -> list[Run]:
     if not runs:
         only = f" (only {trials} tuning trial record(s), which are never reported)" if trials else ""
         raise ReportError(f"--results {root}: no run records (record.json) found{only}")
-    return runs
+    from mmbench.upgrade import adopt_sibling_fingerprints
+
+    adopted = adopt_sibling_fingerprints([r.record for r in runs])
+    return [Run(r.folder, rec) for r, rec in zip(runs, adopted)]
 
 
 def select_kind(runs: list[Run], tuned: bool) -> list[Run]:
