@@ -144,7 +144,7 @@ def plan(models: list[str], data: Dataset, seeds: list[int], device, results: Pa
 _LOADED: dict[tuple[str, str | None], Dataset] = {}
 
 
-def _dataset(spec: str, data_dir: str | None, fingerprint: str) -> Dataset:
+def worker_dataset(spec: str, data_dir: str | None, fingerprint: str) -> Dataset:
     """The dataset `spec` as this worker loads it (kept per process: a grid has one dataset), or a
     DataError when its content fingerprint is not the client's."""
     from mmbench.data.registry import data_dir as resolve_data_dir, load_dataset
@@ -171,7 +171,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     where = f"{socket.gethostname()} pid {os.getpid()}"
     try:
-        data = _dataset(payload["dataset"], payload["data_dir"], payload["fingerprint"])
+        data = worker_dataset(payload["dataset"], payload["data_dir"], payload["fingerprint"])
         spec = RunSpec(payload["model"], Config(payload["config"]), int(payload["seed"]), payload["budget"],
                        int(payload["threads"]), torch.device(payload["device"]), payload.get("tuned"))
         mine = spec.folder(Path(payload["results"]), data)
@@ -236,7 +236,7 @@ def _close(client: Client, cluster: LocalCluster | None) -> None:
             pass
 
 
-def _slots(client: Client) -> int:
+def worker_slots(client: Client) -> int:
     """Worker threads the scheduler has now (workers may come and go)."""
     try:
         return int(sum(client.nthreads().values()))
@@ -354,7 +354,7 @@ class _Drive:
         where = (f"a local Dask cluster of {len(self.cluster.workers)} worker processes" if self.cluster is not None
                  else f"the Dask scheduler {self.client.scheduler.address}")
         models = list(dict.fromkeys((r.model, round(r.estimate)) for r in self.todo))
-        self.say(f"grid: {len(self.todo)} run(s) on {where} ({_slots(self.client)} worker thread(s) now), "
+        self.say(f"grid: {len(self.todo)} run(s) on {where} ({worker_slots(self.client)} worker thread(s) now), "
                  f"longest first: " + ", ".join(f"{m} ~{e}s" for m, e in models))
         slow = _slow_malloc_workers(self.client) if self.cluster is None else []
         if slow:
@@ -365,7 +365,7 @@ class _Drive:
         waiting_said = False
         try:
             while pending or self.running:
-                slots = _slots(self.client)
+                slots = worker_slots(self.client)
                 while pending and len(self.running) < slots:
                     run = pending.popleft()
                     key = f"mmbench-run-{run.model}-seed{run.seed}-{uuid.uuid4().hex[:8]}"

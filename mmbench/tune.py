@@ -182,20 +182,25 @@ def _load_space(model: str, chain: tuple[str, ...]) -> Space:
         raise SpaceError(f"{where}: `space` must map config keys to ranges or choices")
     for key, spec in body.items():
         dims[str(key)] = _dim(str(key), spec, params, model, where)
-    if not dims and not _fits_once(model):
-        raise SpaceError(f"{where}: the space is empty")
-    return Space(model, tuple(dims.values()), str(path))
-
-
-def _fits_once(model: str) -> bool:
     from mmbench.models.base import get_model_class
 
-    return bool(get_model_class(model).fits_once)
+    if not dims and not get_model_class(model).fits_once:  # only a closed-form floor may have nothing
+        raise SpaceError(f"{where}: the space is empty")
+    return Space(model, tuple(dims.values()), str(path))
 
 
 def has_nothing_to_tune(model: str) -> bool:
     """A model fitted in closed form whose space file declares no parameter (MostPop)."""
     return not load_space(model).dims
+
+
+def searchable_space(model: str) -> Space:
+    """`model`'s space, or one error line when it has nothing to search."""
+    space = load_space(model)
+    if not space.dims:
+        raise ConfigError(f"model {model!r} has no hyper-parameters (models/spaces/{model}.yaml): nothing to "
+                          "tune; `mmbench run` evaluates it")
+    return space
 
 
 def _dim(key: str, spec: Any, params: dict[str, Param], model: str, where: str) -> Dim:
@@ -531,11 +536,11 @@ def execute_trial(payload: dict[str, Any]) -> TrialOutcome:
     import optuna
     import torch
 
-    from mmbench.grid import _dataset
+    from mmbench.grid import worker_dataset
 
     plan: StudyPlan = payload["plan"]
     try:
-        data = _dataset(payload["dataset"], payload["data_dir"], payload["fingerprint"])
+        data = worker_dataset(payload["dataset"], payload["data_dir"], payload["fingerprint"])
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=payload["study"], storage=open_storage(payload["storage"]),
                                   pruner=make_pruner(plan.budget))
@@ -606,10 +611,7 @@ def plan_study(model: str, data, budget: str, seed: int, threads: int, device,
     """Space (minus pinned keys), base config and identity of `model`'s study on `data`."""
     from mmbench.runner import check_model_fits_data
 
-    space = load_space(model)
-    if not space.dims:
-        raise ConfigError(f"model {model!r} has no hyper-parameters (models/spaces/{model}.yaml): nothing to "
-                          "tune; `mmbench run` evaluates it")
+    space = searchable_space(model)
     pinned = sorted(pinned_keys(model, config_file, set_items) & set(space.keys))
     space = space.without(pinned)
     if not space.dims:
@@ -735,7 +737,7 @@ def _trials_on_dask(dask: DaskTrials, study, plan: StudyPlan, missing: int, data
     for each trial (so the sampler runs in one place), a worker trains, reports and tells it."""
     from distributed import as_completed
 
-    from mmbench.grid import _slots
+    from mmbench.grid import worker_slots
 
     def submit():
         trial, params = ask_trial(study, plan)
@@ -749,7 +751,7 @@ def _trials_on_dask(dask: DaskTrials, study, plan: StudyPlan, missing: int, data
 
     left = missing
     in_flight: dict[Any, Any] = {}
-    while left and len(in_flight) < max(1, _slots(dask.client)):
+    while left and len(in_flight) < max(1, worker_slots(dask.client)):
         future, trial = submit()
         in_flight[future] = trial
         left -= 1

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from mmbench.errors import ConfigError
 from mmbench.preflight import positive_int
 
 DEFAULT_DATASET = "ml100k"
@@ -66,8 +65,8 @@ def cmd_tune(args) -> int:
     from mmbench.data.registry import load_dataset
     from mmbench.runner import expand_models
     from mmbench.train.trainer import resolve_device
-    from mmbench.tune import (check_storage, default_storage, has_nothing_to_tune, is_sqlite,
-                              open_storage, shown_url, summary_table, trial_config, tune)
+    from mmbench.tune import (check_storage, default_storage, has_nothing_to_tune, is_sqlite, open_storage,
+                              searchable_space, shown_url, summary_table, trial_config, tune)
 
     # Everything that needs no data is checked first, before loading or writing anything.
     on_dask = preflight.on_dask(args.workers, args.scheduler)
@@ -85,9 +84,7 @@ def cmd_tune(args) -> int:
         open_storage(storage)  # a server store: its driver and connection are checked before any work
     name = preflight.dataset_name(args.dataset)
     for m in models:
-        if has_nothing_to_tune(m):
-            raise ConfigError(f"model {m!r} has no hyper-parameters (models/spaces/{m}.yaml): nothing to tune; "
-                              "`mmbench run` evaluates it")
+        searchable_space(m)
         trial_config(m, name, args.budget, {}, "tuned configuration", args.config, args.set_items)
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     if args.models.strip() == "all" and not data.features:
