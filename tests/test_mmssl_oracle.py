@@ -1,5 +1,7 @@
-"""The frozen dense oracle (tests/mmssl_oracle.py) equals today's MMSSL: `fast=false` to float rounding
-(in practice bit for bit), `fast=true` to the relative 1e-4 of benchmarks/mmssl_speed.py."""
+"""The MMSSL package computes what the frozen dense oracle (tests/mmssl_oracle.py) computes: losses and
+gradients to the relative 1e-4 of benchmarks/mmssl_speed.py, for both variants, 1–3 modalities, the
+ablations and readings. (The oracle was bit-identical to the package's former `fast=false` path when it was
+frozen, commit 3ab6857.)"""
 from __future__ import annotations
 
 import pytest
@@ -9,8 +11,7 @@ from mmbench.data.synthetic import make_synthetic
 from mmssl_oracle import oracle_losses
 from test_mmssl import build
 
-TIGHT = 1e-9  # oracle vs fast=false: the same operations in the same order (bit for bit here)
-TOL = 1e-4  # oracle vs fast=true, as benchmarks/mmssl_speed.py
+TOL = 1e-4  # as benchmarks/mmssl_speed.py
 MODALITIES = {1: {"image": 32}, 2: {"image": 32, "text": 16}, 3: {"image": 32, "text": 16, "audio": 8}}
 
 
@@ -89,30 +90,20 @@ CASES = [
 
 @pytest.mark.parametrize("name,n_modal,sets", CASES, ids=[f"{n}-{m}mod-{'-'.join(s) or 'default'}"
                                                           for n, m, s in CASES])
-def test_oracle_equals_dense_and_fast(datasets, name, n_modal, sets):
+def test_package_equals_the_oracle(datasets, name, n_modal, sets):
     data = datasets[n_modal]
-    fast = build(name, data, "fast=true", *sets)
-    dense = build(name, data, "fast=false", *sets)
-    opts = fast.configure_optimizers()
-    batches = list(fast.make_sampler(data.train, 32, 0).epoch())
-    fast.on_epoch_start(1)
+    model = build(name, data, *sets)
+    opts = model.configure_optimizers()
+    batches = list(model.make_sampler(data.train, 32, 0).epoch())
+    model.on_epoch_start(1)
     for b in batches[:3]:  # away from the initial state, and through the official graph schedule
-        fast.train_step(b, opts)
-    dense.load_state_dict(fast.state_dict())
-    dense.load_extra_state(fast.extra_state())
+        model.train_step(b, opts)
     batch = batches[3]
-
-    ref_dense = model_losses(dense, batch, 5)
-    got = oracle_losses(dense, batch, 5)
-    errors, worst_dense = mismatches(got, ref_dense, TIGHT, rounding_exempt=False)
-    assert not errors, f"oracle vs fast=false (worst rel {worst_dense:.1e}): {errors}"
-
-    ref_fast = model_losses(fast, batch, 5)
-    got_fast_state = oracle_losses(fast, batch, 5)  # the oracle on the fast model's own state
-    errors, worst_fast = mismatches(ref_fast, got_fast_state, TOL, rounding_exempt=True)
-    assert not errors, f"fast=true vs oracle (worst rel {worst_fast:.1e}): {errors}"
-    print(f"{name} {n_modal} modalities {sets}: oracle vs dense worst rel {worst_dense:.1e}, "
-          f"fast vs oracle worst rel {worst_fast:.1e}")
+    got = model_losses(model, batch, 5)
+    ref = oracle_losses(model, batch, 5)  # the oracle on the model's own state
+    errors, worst = mismatches(got, ref, TOL, rounding_exempt=True)
+    assert not errors, f"package vs oracle (worst rel {worst:.1e}): {errors}"
+    print(f"{name} {n_modal} modalities {sets}: package vs oracle worst rel {worst:.1e}")
 
 
 def test_oracle_is_self_contained():
@@ -134,21 +125,25 @@ def test_oracle_is_self_contained():
 
 
 @pytest.mark.parametrize("name", ["mmssl", "mmssl-official"])
-def test_oracle_train_step_equals_dense_train_step(synthetic, name):
-    """`OracleMMSSL.train_step` (used for timing) = the model's fast=false step: same parameters after."""
+def test_oracle_train_step_follows_the_package(synthetic, name):
+    """`OracleMMSSL.train_step` (what benchmarks/mmssl_speed.py times) trains like the package: the same
+    losses step after step and the same parameters after three steps, to float rounding amplified by Adam
+    (parameters whose gradient is zero in exact arithmetic get rounding noise, which Adam turns into
+    lr-sized steps in either direction: W_q of the official attention, and in the official D, whose
+    activation is the identity, the biases that feed a BatchNorm; they are left out)."""
     from types import SimpleNamespace
 
     from mmssl_oracle import OracleMMSSL
 
     sets = ["topk_rate=0.05"] if name == "mmssl-official" else []
-    dense = build(name, synthetic, "fast=false", *sets)
-    ref = build(name, synthetic, "fast=false", *sets)
-    ref.load_state_dict(dense.state_dict())
-    ref.load_extra_state(dense.extra_state())
+    model = build(name, synthetic, *sets)
+    ref = build(name, synthetic, *sets)
+    ref.load_state_dict(model.state_dict())
+    ref.load_extra_state(model.extra_state())
     oracle = OracleMMSSL(ref)
-    opt_dense, opt_ref = dense.configure_optimizers(), ref.configure_optimizers()
-    batches = list(dense.make_sampler(synthetic.train, 32, 0).epoch())[:3]
-    for m in (dense, ref):
+    opt_model, opt_ref = model.configure_optimizers(), ref.configure_optimizers()
+    batches = list(model.make_sampler(synthetic.train, 32, 0).epoch())[:3]
+    for m in (model, ref):
         m.on_epoch_start(1)
 
     def schedule(batch, feats, pos, mask):
@@ -156,9 +151,13 @@ def test_oracle_train_step_equals_dense_train_step(synthetic, name):
 
     for b in batches:
         torch.manual_seed(3)
-        out_dense = dense.train_step(b, opt_dense)
+        out_model = model.train_step(b, opt_model)
         torch.manual_seed(3)
         out_ref = oracle.train_step(b, opt_ref, schedule)
-        assert out_dense == out_ref
-    for (n, p), q in zip(dense.named_parameters(), ref.parameters()):
-        assert torch.equal(p, q), n
+        assert out_model.keys() == out_ref.keys()
+        for k in out_ref:
+            assert out_model[k] == pytest.approx(out_ref[k], rel=1e-4, abs=1e-6), k
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        if name == "mmssl-official" and n in ("attention.wq", "disc.b1", "disc.l2.bias"):
+            continue
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), n

@@ -1,6 +1,6 @@
-"""MMSSL (Wei et al., WWW'23): multi-modal self-supervised learning for recommendation.
+"""MMSSL as the paper describes it (Wei et al., WWW'23, §3, Eqs. 1–14): the `mmssl` model.
 
-Two registered variants and the paper's Table 3 ablations:
+The package registers (see `__init__`):
 
 * `mmssl` — the model as the PAPER describes it (§3, Eqs. 1–14), for any number of modalities.
 * `mmssl-official` — what the authors' code (HKUDS/MMSSL f8d8955) computes, quirk for quirk
@@ -73,32 +73,15 @@ Where the paper is silent or ambiguous (`mmssl`), we follow the code and say so:
   not freed, between steps (the code's torch-1.x semantics), so AdamW keeps decaying a parameter whose
   gradient happens to be zero in a step.
 
-Official-code quirks reproduced by `mmssl-official` (spec section in brackets): the attention collapses to
-mean_m(E^m)·W_eff (§2.4); the semantic graph starts as the training graph and follows the code's
-rebuild-or-accumulate schedule with period T and k = ⌊I·rate⌋, including the user/item pairing error for
-k > 1 and the lists that persist across epochs (§4); identity LeakyReLU, 100·sigmoid critic and GP weight
-0.3·gp_rate (§3.3–3.4); masked, row-normalised dot-product relation rows (§3.1); real rows
-rownorm(softmax((r + 1e-5·g)/τ) + 100·S^h), i.e. near-pure self-distillation (§3.2); alternating
-propagation with a softmax over the embedding dimensions at the last layer and a mean over L+1 layers
-(§2.5); contrastive loss anchored on e^m with GRACE-style negatives and `−log(ratio + 1e-8)` (§5); L2 on the
-batch's final embeddings and on all modality features (§6.1); AdamW with its default weight decay 0.01;
-per-user batch sampling (§1.3); the per-dataset hyper-parameters of §6.2 as presets. The code takes two
-modalities (image, text); on TikTok audio stands in for text; with M modalities the two-modality sums
-(Eq. 12, feature L2, L_CL) become sums over M, the means (attention fuse) means over M, and D's fake
-input stacks M blocks of rows against M copies of the real rows.
-
-`fast` (default true) switches on speed-ups that keep the computed function (spec §10.2): relation rows
-kept low-rank + sparse so D's first layer never sees a [B, I] row (real, fake, interpolated and the
-generator's pass alike; one sparse×dense product for the sparse entries of all blocks, dot products at
-the positives as sampled products, row norms from a d×d Gram); the gradient penalty's ‖∇_x D‖ = ‖W₁ᵀδ₁‖
-through a symmetric Gram W₁W₁ᵀ; the real rows' first layer computed once for their M copies; D's
-parameter gradients not computed in the generator step (the code discards them); the attention and the
-contrastive loss skipped when their input graph is empty (exactly zero / a constant with zero gradient).
-The only approximation: Gumbel-softmax entries below 1e-20 are dropped from the factored real rows (a
-softmax row sums to 1, so this is below float32 resolution). `fast=false` is the plain computation (dense
-[B, I] rows, D called on them, the code's literal attention); tests and benchmarks/mmssl_speed.py check
-that both give the same losses and gradients. Memory: no users×items or items×items tensor anywhere; the
-largest are [B, I] rows and D itself (≈ 1.3 GiB peak RSS on TikTok).
+Speed (one path, no switch; spec §10.2): relation rows stay low-rank + sparse (`relation_rows.Rows`) so
+D's first layer never sees a [B, I] row; the gradient penalty's ‖∇_x D‖ = ‖W₁ᵀδ₁‖ goes through a symmetric
+Gram (`discriminator.row_sq_norms`); the real rows' first layer is computed once for their M copies; D's
+parameter gradients are not computed in the generator step (the code discards them); the attention and the
+contrastive loss are skipped when their input graph is empty (exactly zero / a constant with zero
+gradient). The only approximation: Gumbel-softmax entries below 1e-20 are dropped from the factored real
+rows (a softmax row sums to 1, so this is below float32 resolution). tests/mmssl_oracle.py keeps the plain
+dense computation, frozen, and tests and benchmarks/mmssl_speed.py check this path against it. Memory: no
+users×items or items×items tensor anywhere; the largest are [B, I] rows and D itself.
 """
 from __future__ import annotations
 
@@ -114,36 +97,14 @@ from mmbench.config import Param
 from mmbench.errors import ConfigError
 from mmbench.models.base import Batch, Recommender, bpr_loss, l2_per_batch, register
 from mmbench.models.graph import Graph
-from mmbench.models.mmssl_parts import (
-    GUMBEL_SPARSE_TOL,
-    Discriminator,
-    ModalityAttention,
-    OfficialAttention,
-    Rows,
-    batch_positions,
-    bipartite_pair,
-    coo_matrix,
-    cosine_rows_dense,
-    cosine_rows_factored,
-    dense_mask,
-    first_layers,
-    gae_loss,
-    gradient_penalty,
-    gumbel_softmax_rows,
-    inverted_dropout,
-    masked_rows_dense,
-    masked_rows_factored,
-    official_contrastive,
-    official_contrastive_constant,
-    literal_contrastive,
-    official_real_rows_factored,
-    paper_contrastive,
-    row_sq_norms,
-    rownorm,
-    sparsify,
-    topk_pairs,
-)
-from mmbench.models.mmssl_sampler import PerUserSampler
+from mmbench.models.mmssl.attention import ModalityAttention
+from mmbench.models.mmssl.contrastive import literal_contrastive, paper_contrastive
+from mmbench.models.mmssl.discriminator import Discriminator, inverted_dropout
+from mmbench.models.mmssl.gae import gae_loss
+from mmbench.models.mmssl.graphs import batch_positions, bipartite_pair, coo_matrix, dense_mask, topk_pairs
+from mmbench.models.mmssl.real_rows import GUMBEL_SPARSE_TOL, gumbel_softmax_rows, sparsify
+from mmbench.models.mmssl.relation_rows import Rows, cosine_rows_dense, cosine_rows_factored, rownorm
+from mmbench.models.mmssl.sampler import PerUserSampler
 
 REBUILD_BLOCK = 1024  # users per block when the paper variant rebuilds its semantic graph
 
@@ -159,7 +120,7 @@ class Encoded:
 
 
 # The hyper-parameters both variants share (the code's HEAD defaults = its Baby block, spec §6.2).
-_COMMON: dict[str, Any] = {
+COMMON_DEFAULTS: dict[str, Any] = {
     "batch_size": 1024, "embedding_size": 64, "optimizer": "adamw", "weight_decay": 0.01,
     "lr": 5.5e-4, "d_lr": Param(3e-4, float, min=0, min_exclusive=True, doc="the discriminator's lr"),
     "n_layers": 2, "drop_rate": Param(0.2, float, min=0, max=1, max_exclusive=True, doc="feature dropout"),
@@ -170,23 +131,22 @@ _COMMON: dict[str, Any] = {
     "gumbel_tau": Param(0.005, float, min=0, min_exclusive=True, doc="Gumbel-softmax temperature"),
     "cl_tau": Param(0.5, float, min=0, min_exclusive=True, doc="contrastive temperature"),
     "cl_rate": 0.03,
-    # switches (Table 3 ablations) and the speed flag
+    # switches (Table 3 ablations)
     "adversarial": True, "contrastive": True, "gumbel": True,
     "generator": Param("gan", str, choices=("gan", "gae"), doc="L_G: adversarial or graph autoencoder"),
     "gae_tau": Param(0.1, float, min=0, min_exclusive=True, doc="temperature of the GAE reconstruction"),
-    "fast": True,
 }
 
 
 @register("mmssl")
 class MMSSL(Recommender):
-    heavy = True  # the discriminator over [batch, n_items] relation rows dominates (spec §10)
     """The paper's MMSSL. See the module docstring for every choice where the paper is silent."""
 
+    heavy = True  # the discriminator over [batch, n_items] relation rows dominates (spec §10)
     uses_features = True
     official: ClassVar[bool] = False
     gp_constant: ClassVar[float] = 1.0  # the paper's λ1 multiplies the GP directly
-    defaults = dict(_COMMON, **{
+    defaults = dict(COMMON_DEFAULTS, **{
         "g_rate": 1e-2, "gumbel_scale": 1.0,
         "topk_rate": Param(0.01, float, min=0, max=1, doc="fraction of items kept per relation row"),
         "d_slope": 0.2, "d_out_scale": 1.0,
@@ -352,7 +312,7 @@ class MMSSL(Recommender):
     def encode(self, dropout: bool) -> Encoded:
         cfg = self.cfg
         feats = self.modality_features(dropout)
-        skip = [cfg.fast and self.sem_empty(m) for m in range(self.n_modal)]
+        skip = [self.sem_empty(m) for m in range(self.n_modal)]  # an empty graph aggregates to 0
         modal_u: list[torch.Tensor | None] = []
         modal_i: list[torch.Tensor | None] = []
         for m in range(self.n_modal):
@@ -377,9 +337,9 @@ class MMSSL(Recommender):
         return Encoded(h_u, h_i, feats, modal_u)
 
     # ---- relation rows (Eq. 3) and real rows (Eq. 5) -------------------------------------------
-    def fake_rows(self, x: torch.Tensor, y: torch.Tensor, pos, mask):
+    def fake_rows(self, x: torch.Tensor, y: torch.Tensor, pos, mask) -> Rows:
         """Â^m rows of the batch users: per-entry cosine (paper Eq. 3)."""
-        return cosine_rows_factored(x, y) if self.cfg.fast else cosine_rows_dense(x, y)
+        return cosine_rows_factored(x, y)
 
     def transform_term(self, mask: torch.Tensor) -> torch.Tensor:
         """The 'transformation' of Eq. 5 (dense, cheap): Gumbel softmax of the observed rows, or the
@@ -396,12 +356,10 @@ class MMSSL(Recommender):
         extra = sparsify(term, GUMBEL_SPARSE_TOL)
         return (extra, None) if extra is not None else (None, term)
 
-    def real_rows(self, h_u: torch.Tensor, h_i: torch.Tensor, pos, mask):
+    def real_rows(self, h_u: torch.Tensor, h_i: torch.Tensor, pos, mask) -> Rows:
         """Paper Eq. 5: transformation + ζ·cos(h_u, h_i) (no normalisation)."""
         term = self.transform_term(mask)
         zeta = self.cfg.zeta
-        if not self.cfg.fast:
-            return term + zeta * cosine_rows_dense(h_u, h_i)
         extra, extra_dense = self.sparse_transform(term, pos)
         rows = cosine_rows_factored(h_u, h_i)
         return Rows(rows.x, rows.y, zeta * rows.scale, extra=extra, extra_dense=extra_dense)
@@ -414,34 +372,7 @@ class MMSSL(Recommender):
             enc = self.encode(dropout=True)
             fake = [self.fake_rows(fu[users], fi, pos, mask) for fu, fi in enc.feats]
             real = self.real_rows(enc.h_u[users], enc.h_i, pos, mask)
-        disc = self.disc
-        disc.train()  # the code keeps D in train mode for every pass
-        n_m = len(fake)
-        if self.cfg.fast:
-            z_real, *z_fake = first_layers([real] + fake, disc.w1t)
-            z_real = z_real.repeat(n_m, 1)  # the first layer once for the M copies of the real rows
-            z_fake = torch.cat(z_fake)
-            b1 = disc.b1
-            d_real = disc.tail(z_real + b1)
-            d_fake = disc.tail(z_fake + b1)
-            alpha = torch.rand(len(z_fake), 1, device=z_fake.device)
-            z_hat = alpha * z_real + (1 - alpha) * z_fake + b1  # = L1(α·real + (1−α)·fake)
-            d_hat = disc.tail(z_hat)
-            (delta,) = torch.autograd.grad(d_hat.sum(), z_hat, create_graph=True)
-            sq = row_sq_norms(delta, disc.w1t)  # ‖∂D/∂x̂‖² = ‖W₁ᵀ δ₁‖²
-        else:
-            x_real = real.repeat(n_m, 1)
-            x_fake = torch.cat(fake)
-            d_real = disc(x_real)
-            d_fake = disc(x_fake)
-            alpha = torch.rand(len(x_fake), 1, device=x_fake.device)
-            x_hat = (alpha * x_real + (1 - alpha) * x_fake).requires_grad_(True)
-            d_hat = disc(x_hat)
-            (grad,) = torch.autograd.grad(d_hat.sum(), x_hat, create_graph=True)
-            sq = grad.pow(2).sum(1)
-        gp = self.gp_constant * gradient_penalty(sq)
-        loss = -d_real.mean() + d_fake.mean() + self.cfg.gp_rate * gp
-        return {"loss_d": loss, "d_real": d_real.mean(), "d_fake": d_fake.mean(), "gp": gp}
+        return self.disc.critic_loss(real, fake, self.gp_constant, self.cfg.gp_rate)
 
     def adversarial_loss(self, enc: Encoded, users: torch.Tensor, pos, mask) -> torch.Tensor:
         """L_G = −E D(Â^m) (Eq. 7) with gradients into the modality transforms, or the r/p-GAE loss."""
@@ -449,20 +380,7 @@ class MMSSL(Recommender):
             return sum(gae_loss(cosine_rows_dense(fu[users], fi) / self.cfg.gae_tau, mask)
                        for fu, fi in enc.feats)
         fake = [self.fake_rows(fu[users], fi, pos, mask) for fu, fi in enc.feats]
-        disc = self.disc
-        disc.train()
-        if not self.cfg.fast:
-            return -disc(torch.cat(fake)).mean()
-        params = list(disc.parameters())
-        flags = [p.requires_grad for p in params]
-        for p in params:  # the code computes D's gradients here and throws them away: skip them
-            p.requires_grad_(False)
-        try:
-            z = torch.cat(first_layers(fake, disc.w1t))
-            return -disc.tail(z + disc.b1).mean()
-        finally:
-            for p, flag in zip(params, flags):
-                p.requires_grad_(flag)
+        return self.disc.generator_loss(fake)
 
     def contrastive_loss(self, enc: Encoded, users: torch.Tensor) -> torch.Tensor:
         h = enc.h_u[users]
@@ -564,150 +482,3 @@ class MMSSL(Recommender):
         else:
             h_u, h_i = self._cache
         return h_u[users] @ h_i.T
-
-
-@register("mmssl-official")
-class MMSSLOfficial(MMSSL):
-    """What the authors' code computes (spec §2–§8), quirk for quirk; see the module docstring."""
-
-    official = True
-    gp_constant = 0.3  # hard-coded in the code, multiplied by gp_rate
-    defaults = dict(_COMMON, **{
-        "g_rate": 1e-4, "gumbel_scale": 1e-5,
-        "topk_rate": Param(1e-4, float, min=0, max=1, doc="fraction of items kept per relation row"),
-        "rebuild_every": Param(1, int, min=1, doc="batches per graph rebuild"),
-        "d_slope": 1.0, "d_out_scale": 100.0, "reg_weight": 1e-5, "feat_reg": 1e-5,
-    })
-    # spec §6.2: the original per-dataset blocks of the first commit (Sports' older code had no ζ or
-    # log_log_scale; the HEAD values 100 and 1e-5 are kept), with the code's patience (8, as above).
-    presets = {
-        "tiktok": {"lr": 5.4e-4, "g_rate": 1.8e-3, "gumbel_tau": 0.002, "rebuild_every": 1, "topk_rate": 0.01,
-                   "patience": 8},
-        "baby": {"lr": 5.5e-4, "g_rate": 1e-4, "gumbel_tau": 0.005, "rebuild_every": 1, "topk_rate": 1e-4,
-                 "patience": 8},
-        "sports": {"lr": 5e-4, "g_rate": 1e-4, "gumbel_tau": 0.002, "rebuild_every": 2, "topk_rate": 0.02,
-                   "patience": 8},
-        "allrecipes": {"lr": 5.6e-4, "d_lr": 2.5e-4, "eta": 0.34, "g_rate": 3e-4, "gumbel_tau": 0.02,
-                       "rebuild_every": 2, "topk_rate": 0.02, "cl_tau": 0.3, "patience": 8},
-    }
-
-    def make_attention(self, d: int, heads: int) -> nn.Module:
-        return OfficialAttention(d, heads)
-
-    def fuse(self, stack: torch.Tensor) -> torch.Tensor:
-        """The code's attention: mean_m(E^m)·W_eff (fast) or its literal computation (fast=false)."""
-        return self.attention(stack, literal=not self.cfg.fast)
-
-    def topk(self) -> int:
-        """k = ⌊I · m_topk_rate⌋ (0 with the HEAD default on TikTok and Baby: the graph stays empty)."""
-        return min(self.n_items, int(self.n_items * self.cfg.topk_rate))
-
-    # ---- the code's graph schedule (spec §4) ---------------------------------------------------
-    def init_semantic_graphs(self) -> None:
-        """G^m starts as the training graph; the accumulated pair lists start empty."""
-        coo = self.train_csr.tocoo()
-        self.sem_coo = [None] * self.n_modal  # type: ignore[list-item]
-        for m in range(self.n_modal):
-            self.set_semantic_graph(m, coo.row, coo.col, np.ones(coo.nnz, np.float32))
-        self.pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.n_modal)]
-        self.batch_idx = 0
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.batch_idx = 0  # idx counts batches within an epoch; the pair lists persist across epochs
-
-    @torch.no_grad()
-    def after_generator_step(self, batch: Batch, enc: Encoded, pos, mask) -> None:
-        """Rebuild if idx mod T == 0 and idx ≠ 0 (from the lists, then clear them), else accumulate
-        the batch users' top-k items of Ŝ^m (the generator pass's rows), with the code's pairing."""
-        idx, period = self.batch_idx, self.cfg.rebuild_every
-        if idx % period == 0 and idx != 0:
-            for m in range(self.n_modal):
-                lists = self.pending[m]
-                r = np.concatenate([a for a, _ in lists]) if lists else np.zeros(0, np.int64)
-                c = np.concatenate([b for _, b in lists]) if lists else np.zeros(0, np.int64)
-                self.set_semantic_graph(m, r, c, np.ones(len(r), np.float32))
-                self.pending[m] = []
-        else:
-            k = self.topk()
-            if k > 0:
-                users = batch.users
-                for m, (fu, fi) in enumerate(enc.feats):
-                    rows = masked_rows_dense(fu[users].detach(), fi.detach(), mask)
-                    top = rows.topk(k, dim=1).indices
-                    r, c = topk_pairs(users, top, official_pairing=True)
-                    self.pending[m].append((r.cpu().numpy(), c.cpu().numpy()))
-        self.batch_idx += 1
-
-    def extra_state(self) -> dict[str, Any]:
-        state = super().extra_state()
-        state["pending"] = [[(a.copy(), b.copy()) for a, b in lst] for lst in self.pending]
-        state["batch_idx"] = self.batch_idx
-        return state
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        super().load_extra_state(state)
-        if "pending" in state:
-            self.pending = [[(np.asarray(a), np.asarray(b)) for a, b in lst] for lst in state["pending"]]
-            self.batch_idx = int(state.get("batch_idx", 0))
-
-    # ---- the code's encoder pieces -------------------------------------------------------------
-    def propagate(self, u0: torch.Tensor, i0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Alternating layers (the item update uses the NEW user layer), a softmax over the embedding
-        dimensions at the last layer, mean over L+1 layers; U⁰ is only pooled, never propagated."""
-        a_ui, a_iu = self.graph("a_ui"), self.graph("a_iu")
-        us, is_ = [u0], [i0]
-        i = i0
-        n = self.cfg.n_layers
-        for layer in range(1, n + 1):
-            u = a_ui @ i
-            if layer == n:
-                u = torch.softmax(u, dim=1)
-            i = a_iu @ u
-            if layer == n:
-                i = torch.softmax(i, dim=1)
-            us.append(u)
-            is_.append(i)
-        return torch.stack(us).mean(0), torch.stack(is_).mean(0)
-
-    def fake_rows(self, x, y, pos, mask):
-        """Ŝ^m = rownorm((f_u F_Iᵀ) ⊙ (1 − r_u)): masked dot product, row-normalised (spec §3.1)."""
-        return masked_rows_factored(x, y, pos) if self.cfg.fast else masked_rows_dense(x, y, mask)
-
-    def real_rows(self, h_u, h_i, pos, mask):
-        """Ã = rownorm(softmax((r + 1e-5·g)/τ) + ζ·S^h), S^h = masked rows of h (spec §3.2)."""
-        term = self.transform_term(mask)
-        zeta = self.cfg.zeta
-        if not self.cfg.fast:
-            return rownorm(term + zeta * masked_rows_dense(h_u, h_i, mask))
-        extra, extra_dense = self.sparse_transform(term, pos)
-        return official_real_rows_factored(masked_rows_factored(h_u, h_i, pos), extra, extra_dense, zeta, mask)
-
-    def contrastive_loss(self, enc: Encoded, users: torch.Tensor) -> torch.Tensor:
-        """Σ_m of the code's loss with anchors E^m_U[batch] and positives h_U[batch] (spec §5). When the
-        batch users have no semantic neighbours the anchors are 0 and the loss is a constant with zero
-        gradient: the fast path returns that constant without computing it."""
-        h = enc.h_u[users]
-        total = h.new_zeros(())
-        for m, e in enumerate(enc.modal_u):
-            if self.cfg.fast and (e is None or self._no_neighbours(m, users)):
-                total = total + official_contrastive_constant(len(users), h)
-            else:
-                total = total + official_contrastive(e[users], h, self.cfg.cl_tau)
-        return total
-
-    def _no_neighbours(self, m: int, users: torch.Tensor) -> bool:
-        return bool(self.sem(m)[0].row_degree(users).sum() == 0)
-
-
-def _ablation(name: str, doc: str, **flip: Any) -> type[MMSSL]:
-    cls = type(f"MMSSL_{name.replace('-', '_')}", (MMSSL,), {
-        "__doc__": doc, "defaults": dict(MMSSL.defaults, **flip), "__module__": __name__})
-    return register(name)(cls)
-
-
-MMSSLWithoutASL = _ablation("mmssl-wo-asl", "Table 3 w/o-ASL: no discriminator, no L_G.", adversarial=False)
-MMSSLWithoutCL = _ablation("mmssl-wo-cl", "Table 3 w/o-CL: no cross-modal contrastive loss.", contrastive=False)
-MMSSLWithoutGT = _ablation("mmssl-wo-gt", "Table 3 w/o-GT: real rows use A[u] instead of the Gumbel "
-                           "transform (the ζ-term stays).", gumbel=False)
-MMSSLGAE = _ablation("mmssl-rp-gae", "Table 3 r/p-GAE: L_G replaced by a graph-autoencoder "
-                     "reconstruction of the observed rows from the relation rows.", generator="gae")
