@@ -1,13 +1,19 @@
-"""How much do MMSSL's fast paths save per training batch, against the frozen dense oracle? (a few minutes)
+"""How much faster is the MMSSL package per training batch than the frozen dense oracle? (a few minutes)
 
 Real TikTok (B = 1024, I = 6710), EACH variant (`mmssl`, `mmssl-official`) with its TikTok preset. The
 reference is the frozen dense computation in tests/mmssl_oracle.py (a copy of the models' former
 `fast=false` path: dense relation rows, plain discriminator passes, the code's literal attention). Two
-copies of THE SAME module with identical parameters: one trains with the model's own (fast) code, the
+copies of THE SAME module with identical parameters: one trains with the package's code ("fast"), the
 other with the oracle's. First both compute one batch's discriminator and generator losses and gradients
 under the same seed, which must agree to a relative 1e-4 (else exit 1: a speed-up that changes the
-function is not one). Then full training steps (both optimiser steps, and the model's graph schedule) on
-the same batches are timed, interleaved; the median of each is kept.
+function is not one), except gradients at rounding level: (a) zero in exact arithmetic and noise on both
+sides (|diff| ≤ 1e-6 × the largest gradient of its group: W_q of the official attention, a bias feeding
+BatchNorm); (b) gradients whose float32 value is itself that uncertain: the oracle run at 2 threads
+instead of 1 (another reduction order, same random draws) moves them by r; the package may then differ
+from the oracle by up to 3·r (each is off the exact value by about r). On TikTok this is `mmssl`'s
+BatchNorm-1 parameters, D's second layer and W₁ (r ≈ 3e-4 – 1.4e-3, a sum over 2,048 rows that nearly
+cancels). Then full training steps (both optimiser steps, and the model's graph schedule) on the same
+batches are timed, interleaved; the median of each is kept.
 Threads: $OMP_NUM_THREADS or 1 (on a shared, oversubscribed machine one thread times more reliably).
 $MMSSL_SPEED_BATCHES: timed batches per variant (default 3; 1 for a quick run).
 Output per variant: `speedup[<variant>] X.XX`; last line: `speedup X.XX`, the smaller of the two
@@ -55,9 +61,24 @@ def losses_and_grads(model, batch, seed: int) -> tuple[dict[str, float], dict[st
     return {k: float(v.detach()) for k, v in {**d, **g}.items()}, grads
 
 
-def compare(fast: tuple, dense: tuple) -> list[str]:
-    """Relative differences (fast vs the dense oracle); a gradient both sides leave at rounding level
-    (W_q, spec §2.4) is skipped."""
+FLOOR_FACTOR = 3.0  # the package may be off by up to this many times the oracle's own float32 floor
+
+
+def thread_floor(ref, batch, seed: int) -> dict[str, float]:
+    """Per gradient, the oracle's own float32 floor: its relative change between 1 and 2 threads."""
+    threads = torch.get_num_threads()
+    _, one = oracle_losses_and_grads(ref, batch, seed)
+    torch.set_num_threads(2 if threads == 1 else 1)
+    try:
+        _, two = oracle_losses_and_grads(ref, batch, seed)
+    finally:
+        torch.set_num_threads(threads)
+    return {n: float((one[n] - two[n]).norm()) / max(float(one[n].norm()), 1e-30) for n in one}
+
+
+def compare(fast: tuple, dense: tuple, floor: dict[str, float]) -> list[str]:
+    """Relative differences (fast vs the dense oracle), with the two rounding-level exemptions of the
+    module docstring."""
     errors = []
     (lf, gf), (ld, gd) = fast, dense
     if lf.keys() != ld.keys():
@@ -80,6 +101,10 @@ def compare(fast: tuple, dense: tuple) -> list[str]:
         if rel > TOL and diff <= 1e-6 * scale:
             # zero in exact arithmetic, rounding noise in both (W_q, spec §2.4; a bias feeding BatchNorm)
             print(f"  grad {name}: rounding noise on both sides (|diff| {diff:.1e} vs largest {scale:.1e})")
+            continue
+        if rel > TOL and rel <= FLOOR_FACTOR * floor.get(name, 0.0):
+            print(f"  grad {name}: rel {rel:.1e}, within {FLOOR_FACTOR:g}× the oracle's own float32 floor "
+                  f"(1 vs 2 threads: {floor[name]:.1e})")
             continue
         worst = max(worst, rel)
         if rel > TOL:
@@ -114,7 +139,8 @@ def measure(name: str, data, threads: int) -> float | None:
           f"{len(sampler)} batches/epoch")
 
     print("check: one batch, same seed, fast (model) vs dense (frozen oracle)")
-    errors = compare(losses_and_grads(fast, batches[0], 7), oracle_losses_and_grads(ref, batches[0], 7))
+    floor = thread_floor(ref, batches[0], 7)
+    errors = compare(losses_and_grads(fast, batches[0], 7), oracle_losses_and_grads(ref, batches[0], 7), floor)
     if errors:
         print(f"FAILED [{name}]: fast and the dense oracle differ:\n  " + "\n  ".join(errors))
         print("  (timed anyway, for information; the run exits 1)")

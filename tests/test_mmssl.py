@@ -16,7 +16,7 @@ from mmbench.data.synthetic import make_synthetic
 from mmbench.models.base import Batch, get_model_class
 from mmbench.models.mmssl.attention import ModalityAttention, OfficialAttention
 from mmbench.models.mmssl.contrastive import literal_contrastive, paper_contrastive
-from mmbench.models.mmssl.discriminator import inverted_dropout, row_sq_norms, sym_gram
+from mmbench.models.mmssl.discriminator import inverted_dropout, row_sq_norms, symmetric_product
 from mmbench.models.mmssl.graphs import topk_pairs
 from mmbench.models.mmssl.real_rows import gumbel_softmax_rows, official_real_rows_factored, sparsify
 from mmbench.models.mmssl.relation_rows import masked_rows_dense, masked_rows_factored, rownorm
@@ -262,8 +262,10 @@ def test_gram_and_direct_gradient_penalty_routes_agree():
         gb = torch.autograd.grad((ref * c).sum(), (delta, w))
         for a, b in zip(ga, gb):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
-    big = torch.randn(700, 300)  # the symmetric blocked Gram
-    assert torch.allclose(sym_gram(big), big.T @ big, rtol=1e-5, atol=1e-3)
+    big = torch.randn(700, 300)  # the symmetric strip-wise products: a Gram, and δᵀ diag(c) δ
+    assert torch.allclose(symmetric_product(big, big), big.T @ big, rtol=1e-5, atol=1e-3)
+    c = torch.randn(700, 1)
+    assert torch.allclose(symmetric_product(big * c, big), (big * c).T @ big, rtol=1e-5, atol=1e-3)
 
 
 # --------------------------------------------------------------------------- robustness

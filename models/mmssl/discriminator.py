@@ -19,7 +19,7 @@ def inverted_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if p >= 1.0:
         return torch.zeros_like(x)
-    keep = (torch.rand_like(x) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    keep = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # in one buffer: 1/(1−p) or 0
     return x * keep
 
 
@@ -48,7 +48,8 @@ class Discriminator(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def act(self, z: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(z, self.slope)
+        """LeakyReLU; the code's slope 1.0 is the identity, so nothing is computed (nor differentiated)."""
+        return z if self.slope == 1.0 else F.leaky_relu(z, self.slope)
 
     def tail(self, z1: torch.Tensor) -> torch.Tensor:
         """Everything after the first Linear: [rows, I/4] pre-activations → [rows] critic values."""
@@ -101,21 +102,18 @@ class Discriminator(nn.Module):
                 p.requires_grad_(flag)
 
 
-def sym_gram(w: torch.Tensor, blocks: int = 4) -> torch.Tensor:
-    """wᵀ w computing only the column blocks on and above the diagonal (the rest by symmetry)."""
-    n = w.shape[1]
+def symmetric_product(a: torch.Tensor, b: torch.Tensor, blocks: int = 6) -> torch.Tensor:
+    """aᵀ b for a product known to be symmetric (a Gram aᵀa, or δᵀ diag(c) δ as a = cδ, b = δ): only the
+    row strips on and right of the diagonal are multiplied, the rest mirrored (≈ 0.6 of the work)."""
+    n = a.shape[1]
     if n < 256:
-        return w.T @ w
+        return a.T @ b
     edges = [round(n * k / blocks) for k in range(blocks + 1)]
-    out = torch.empty(n, n, dtype=w.dtype, device=w.device)
-    for a in range(blocks):
-        ca = slice(edges[a], edges[a + 1])
-        for b in range(a, blocks):
-            cb = slice(edges[b], edges[b + 1])
-            blk = w[:, ca].T @ w[:, cb]
-            out[ca, cb] = blk
-            if a != b:
-                out[cb, ca] = blk.T
+    out = torch.empty(n, n, dtype=a.dtype, device=a.device)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        strip = a[:, lo:hi].T @ b[:, lo:]
+        out[lo:hi, lo:] = strip
+        out[lo:, lo:hi] = strip.T
     return out
 
 
@@ -128,7 +126,7 @@ class _GramSqNorms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, delta, weight_t):
-        dg = delta @ sym_gram(weight_t)
+        dg = delta @ symmetric_product(weight_t, weight_t)
         ctx.save_for_backward(delta, weight_t, dg)
         return (dg * delta).sum(1)
 
@@ -139,7 +137,7 @@ class _GramSqNorms(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_delta = 2.0 * grad[:, None] * dg
         if ctx.needs_input_grad[1]:
-            g_weight = 2.0 * (weight_t @ ((delta * grad[:, None]).T @ delta))
+            g_weight = weight_t @ symmetric_product(delta * (2.0 * grad)[:, None], delta)
         return g_delta, g_weight
 
 

@@ -22,16 +22,13 @@ GUMBEL_SPARSE_TOL = 1e-20
 MAX_SPARSE_FRACTION = 0.125
 
 
-def gumbel_noise(shape, device) -> torch.Tensor:
-    """g = −log(−log(ξ + 1e-8) + 1e-8), ξ ~ U(0, 1) (the official code's guarded form)."""
-    xi = torch.rand(shape, device=device)
-    return -torch.log(-torch.log(xi + 1e-8) + 1e-8)
-
-
 def gumbel_softmax_rows(mask: torch.Tensor, scale: float, tau: float) -> torch.Tensor:
-    """softmax_i((r + scale·g) / τ): the 'transformation' term of Eq. 5, dense [B, I]."""
-    g = gumbel_noise(mask.shape, mask.device)
-    return torch.softmax((mask + scale * g) / tau, dim=1)
+    """softmax_i((r + scale·g) / τ), g = −log(−log(ξ + 1e-8) + 1e-8), ξ ~ U(0, 1) (the official code's
+    guarded Gumbel noise): the 'transformation' term of Eq. 5, dense [B, I]. Computed in place in one
+    buffer (the same operations, in the same order, as the textbook expression)."""
+    g = torch.rand(mask.shape, device=mask.device)
+    g.add_(1e-8).log_().neg_().add_(1e-8).log_().neg_()
+    return torch.softmax(g.mul_(scale).add_(mask).div_(tau), dim=1)
 
 
 def sparsify(dense: torch.Tensor, tol: float = 0.0):

@@ -119,15 +119,19 @@ class Rows:
 def first_layers(blocks: list[Rows], weight_t: torch.Tensor) -> list[torch.Tensor]:
     """`block @ weight_t` ([B_k, H]) for each block without forming any row.
 
-    Low-rank part: scale·(x (Yᵀ W)) with the [d, H] projection shared between blocks of the same Y.
+    Low-rank part: scale·(x (Yᵀ W)); the [d, H] projections of all distinct Y come from ONE product
+    [Y₁ … Y_k]ᵀ W (and so do their gradients, one product each for W and for the Ys).
     Sparse parts of all blocks: ONE sparse×dense product (and one in the backward).
     """
-    outs, sparse, offset, proj = [], [], 0, {}
+    ys: dict[int, int] = {}
     for blk in blocks:
-        key = id(blk.y)
-        if key not in proj:
-            proj[key] = blk.y.T @ weight_t
-        low = blk.scale[:, None] * (blk.x @ proj[key])
+        ys.setdefault(id(blk.y), len(ys))
+    distinct = list({id(blk.y): blk.y for blk in blocks}.values())
+    y_cat = distinct[0] if len(distinct) == 1 else torch.cat(distinct, dim=1)
+    proj = (y_cat.T @ weight_t).split([y.shape[1] for y in distinct])
+    outs, sparse, offset = [], [], 0
+    for blk in blocks:
+        low = blk.scale[:, None] * (blk.x @ proj[ys[id(blk.y)]])
         if blk.extra_dense is not None:
             low = low + blk.extra_dense @ weight_t
         outs.append(low)
