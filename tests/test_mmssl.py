@@ -513,3 +513,28 @@ def test_inverted_dropout_keeps_the_expectation_and_the_drop_rate():
     assert float(out.mean()) == pytest.approx(1.0, abs=0.01)
     assert torch.equal(inverted_dropout(x, 0.31, False), x)
     assert torch.equal(inverted_dropout(x, 1.0, True), torch.zeros_like(x))
+
+
+def test_first_layers_equal_the_dense_rows_times_w_in_value_and_gradient():
+    """The factored first layer (one node: low-rank blocks sharing Y, sparse entries, a dense fallback)
+    against `Rows.dense() @ W`, in float64, for every input that carries a gradient."""
+    from mmbench.models.mmssl.relation_rows import Rows, first_layers
+
+    gen = torch.Generator().manual_seed(0)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    n_items, d, h = 40, 5, 7
+    y1, y2, w = t(n_items, d), t(n_items, d), t(n_items, h)
+    pos = (torch.tensor([0, 0, 2, 5]), torch.tensor([3, 9, 1, 39]))
+    extra = (torch.tensor([1, 4]), torch.tensor([7, 7]), t(2))
+    blocks = [Rows(t(6, d), y1, t(6), pos=pos, extra=extra), Rows(t(3, d), y2, t(3)),
+              Rows(t(4, d), y1, t(4), extra_dense=t(4, n_items))]
+    got = torch.cat(first_layers(blocks, w))
+    ref = torch.cat([b.dense() for b in blocks]) @ w
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-10)
+    leaves = [w, y1, y2, extra[2]] + [x for b in blocks for x in (b.x, b.scale)] + [blocks[2].extra_dense]
+    probe = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((got * probe).sum(), leaves), torch.autograd.grad((ref * probe).sum(), leaves)):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)

@@ -33,10 +33,9 @@ def gumbel_softmax_rows(mask: torch.Tensor, scale: float, tau: float) -> torch.T
 
 def sparsify(dense: torch.Tensor, tol: float = 0.0):
     """(rows, cols, vals) of the entries above `tol`, or None when too many (keep it dense)."""
-    keep = dense > tol
-    if int(keep.sum()) > MAX_SPARSE_FRACTION * dense.numel():
+    r, c = (dense > tol).nonzero(as_tuple=True)
+    if len(r) > MAX_SPARSE_FRACTION * dense.numel():
         return None
-    r, c = keep.nonzero(as_tuple=True)
     return r, c, dense[r, c]
 
 

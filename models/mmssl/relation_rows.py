@@ -32,34 +32,6 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> t
     return torch.sparse_csr_tensor(crow, cols, vals, size=shape, check_invariants=False)
 
 
-class _SparseRowsMatmul(torch.autograd.Function):
-    """S @ W for a sparse S [n, I] given by sorted unique (rows, cols, vals) and a dense W [I, H].
-
-    Backward: ∂vals = (ḡ Wᵀ) sampled at S's pattern (`sampled_addmm`), ∂W = Sᵀ ḡ (a CSR of the transpose).
-    Neither ever forms an [n, I] or an [nnz, H] tensor.
-    """
-
-    @staticmethod
-    def forward(ctx, rows, cols, vals, weight, n_rows):
-        s = _csr(rows, cols, vals.detach(), (n_rows, weight.shape[0]))
-        ctx.save_for_backward(rows, cols, vals, weight)
-        ctx.n_rows = n_rows
-        return s @ weight
-
-    @staticmethod
-    def backward(ctx, grad):
-        rows, cols, vals, weight = ctx.saved_tensors
-        g_vals = g_weight = None
-        if ctx.needs_input_grad[2]:
-            pattern = _csr(rows, cols, torch.zeros_like(vals), (ctx.n_rows, weight.shape[0]))
-            g_vals = torch.sparse.sampled_addmm(pattern, grad.contiguous(), weight.T, beta=0.0).values()
-        if ctx.needs_input_grad[3]:
-            order = torch.argsort(cols * ctx.n_rows + rows)
-            st = _csr(cols[order], rows[order], vals.detach()[order], (weight.shape[0], ctx.n_rows))
-            g_weight = st @ grad
-        return None, None, g_vals, g_weight, None
-
-
 def sampled_dots(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """x_r · y_c for row-major sorted unique (r, c): (x Yᵀ) sampled at a sparse pattern (SDDMM),
     differentiable, without forming [nnz, d] gathers or the [B, I] product."""
@@ -116,33 +88,91 @@ class Rows:
         return out
 
 
-def first_layers(blocks: list[Rows], weight_t: torch.Tensor) -> list[torch.Tensor]:
-    """`block @ weight_t` ([B_k, H]) for each block without forming any row.
+class _FactoredFirstLayer(torch.autograd.Function):
+    """Z = [scale_k ⊙ (x_k P_{y(k)})]_k + S W, P = [Y₁ … Y_m]ᵀ W: a stack of factored row blocks times W.
 
-    Low-rank part: scale·(x (Yᵀ W)); the [d, H] projections of all distinct Y come from ONE product
-    [Y₁ … Y_k]ᵀ W (and so do their gradients, one product each for W and for the Ys).
-    Sparse parts of all blocks: ONE sparse×dense product (and one in the backward).
+    One node for the whole first layer, so that its gradients are assembled without [I, H] temporaries:
+    ∂W = Y_cat ∂P + Sᵀ ∂Z in ONE buffer (the sparse part added in place), ∂Y_cat = W ∂Pᵀ, ∂x_k, ∂scale_k
+    as autograd would compute them, ∂vals = (∂Z Wᵀ) sampled at S's pattern (`sampled_addmm`). Nothing
+    [n, I], [nnz, H] or [I, I/4]-sized besides ∂W is ever formed. `spans` = (first row, row count, first
+    column of its Y in Y_cat, d) per block; S is given by row-major sorted unique (rows, cols).
     """
-    ys: dict[int, int] = {}
+
+    @staticmethod
+    def forward(ctx, weight_t, y_cat, x_cat, scale_cat, vals, rows, cols, spans):
+        proj = y_cat.T @ weight_t
+        low = [scale_cat[r0:r0 + n, None] * (x_cat[r0:r0 + n] @ proj[c0:c0 + d]) for r0, n, c0, d in spans]
+        z = torch.cat(low) if len(low) > 1 else low[0]
+        has_sparse = len(rows) > 0
+        if has_sparse:
+            z = torch.addmm(z, _csr(rows, cols, vals.detach(), (len(x_cat), len(weight_t))), weight_t)
+        ctx.save_for_backward(weight_t, y_cat, x_cat, scale_cat, vals, rows, cols, proj)
+        ctx.spans, ctx.has_sparse = spans, has_sparse
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight_t, y_cat, x_cat, scale_cat, vals, rows, cols, proj = ctx.saved_tensors
+        need_w, need_y, need_x, need_s, need_v = ctx.needs_input_grad[:5]
+        g_proj = torch.zeros_like(proj) if (need_w or need_y) else None
+        g_x = torch.zeros_like(x_cat) if need_x else None
+        g_s = torch.zeros_like(scale_cat) if need_s else None
+        for r0, n, c0, d in ctx.spans:
+            g = grad[r0:r0 + n]
+            x, p, sc = x_cat[r0:r0 + n], proj[c0:c0 + d], scale_cat[r0:r0 + n, None]
+            if need_s:
+                g_s[r0:r0 + n] = (g * (x @ p)).sum(1)
+            gs = g * sc
+            if need_x:
+                g_x[r0:r0 + n] = gs @ p.T
+            if g_proj is not None:
+                g_proj[c0:c0 + d] += x.T @ gs
+        g_w = g_y = g_v = None
+        if need_w:
+            g_w = y_cat @ g_proj
+            if ctx.has_sparse:
+                order = torch.argsort(cols * len(x_cat) + rows)
+                st = _csr(cols[order], rows[order], vals.detach()[order], (len(weight_t), len(x_cat)))
+                g_w.addmm_(st, grad)
+        if need_y:
+            g_y = weight_t @ g_proj.T
+        if need_v and ctx.has_sparse:
+            pattern = _csr(rows, cols, torch.zeros_like(vals), (len(x_cat), len(weight_t)))
+            g_v = torch.sparse.sampled_addmm(pattern, grad.contiguous(), weight_t.T, beta=0.0).values()
+        return g_w, g_y, g_x, g_s, g_v, None, None, None
+
+
+def first_layers(blocks: list[Rows], weight_t: torch.Tensor) -> list[torch.Tensor]:
+    """`block @ weight_t` ([B_k, H]) for each block without forming any row: one `_FactoredFirstLayer`
+    for the low-rank parts (one [d·m, H] projection for the m distinct Ys) and the sparse entries of all
+    blocks together; a dense fallback term (`extra_dense`, rare) is added by a plain product."""
+    distinct: dict[int, tuple[int, torch.Tensor]] = {}
+    col = 0
     for blk in blocks:
-        ys.setdefault(id(blk.y), len(ys))
-    distinct = list({id(blk.y): blk.y for blk in blocks}.values())
-    y_cat = distinct[0] if len(distinct) == 1 else torch.cat(distinct, dim=1)
-    proj = (y_cat.T @ weight_t).split([y.shape[1] for y in distinct])
-    outs, sparse, offset = [], [], 0
+        if id(blk.y) not in distinct:
+            distinct[id(blk.y)] = (col, blk.y)
+            col += blk.y.shape[1]
+    ys = [y for _, y in distinct.values()]
+    y_cat = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
+    spans, sparse, offset = [], [], 0
     for blk in blocks:
-        low = blk.scale[:, None] * (blk.x @ proj[ys[id(blk.y)]])
-        if blk.extra_dense is not None:
-            low = low + blk.extra_dense @ weight_t
-        outs.append(low)
+        spans.append((offset, len(blk.x), distinct[id(blk.y)][0], blk.y.shape[1]))
         terms = blk.sparse_terms()
         if terms is not None:
             sparse.append((terms[0] + offset, terms[1], terms[2]))
         offset += len(blk.x)
+    x_cat = torch.cat([blk.x for blk in blocks]) if len(blocks) > 1 else blocks[0].x
+    scale_cat = torch.cat([blk.scale for blk in blocks]) if len(blocks) > 1 else blocks[0].scale
     if sparse:
-        r, c, v = (torch.cat(p) for p in zip(*sparse))
-        corr = _SparseRowsMatmul.apply(r, c, v, weight_t, offset)
-        outs = list(torch.split(torch.cat(outs) + corr, [len(b.x) for b in blocks]))
+        rows, cols, vals = (torch.cat(part) for part in zip(*sparse))
+    else:
+        rows = cols = torch.zeros(0, dtype=torch.long, device=weight_t.device)
+        vals = weight_t.new_zeros(0)
+    z = _FactoredFirstLayer.apply(weight_t, y_cat, x_cat, scale_cat, vals, rows, cols, spans)
+    outs = list(torch.split(z, [len(b.x) for b in blocks]))
+    for k, blk in enumerate(blocks):
+        if blk.extra_dense is not None:
+            outs[k] = outs[k] + blk.extra_dense @ weight_t
     return outs
 
 
