@@ -1,7 +1,7 @@
 """The yardstick of issue #13's refactor: both MMSSL variants' first three TikTok epochs (seed 2024,
 one thread, the resolved config of the day they were stored) give the stored validation R@20 curves.
 
-After a pure refactor the curves must match exactly; after a speed-up, each epoch within 0.002
+After a pure refactor the curves must match exactly (tolerance 0); after a speed-up, each epoch within 0.002
 (≈ 6 of TikTok's 3,051 validation users) or the change is explained. About 15 minutes of CPU, so
 marked `slow` (run it with `pytest -m slow tests/test_mmssl_curves.py`)."""
 from __future__ import annotations
