@@ -417,6 +417,13 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
+def _same_setting(value: Any, kept: Any) -> bool:
+    """`value` (from YAML, JSON or --set text) names the retired key's remaining setting `kept`."""
+    if isinstance(kept, bool):
+        return value is kept or str(value).strip().lower() == str(kept).lower()
+    return value == kept or str(value).strip() == str(kept)
+
+
 def resolve(
     model_defaults: dict[str, Any],
     preset: dict[str, Any] | None = None,
@@ -428,13 +435,15 @@ def resolve(
     tuned: dict[str, Any] | None = None,
     tuned_source: str = "tuned configuration",
     caps: dict[str, Any] | None = None,
+    retired: dict[str, tuple[Any, str]] | None = None,
 ) -> Config:
     """Merge the layers; every value is coerced and validated against its key's declaration, and a
     key no layer below declares is an error. `config_path` names the `--config` file in messages.
 
     Layers, lowest first: defaults, `preset`, `tuned` (named `tuned_source` in messages), `caps`
     (the budget's epochs/patience), `file_overrides`, `set_overrides`. A tuned value sits below the
-    budget so that a search can never change what a budget caps."""
+    budget so that a search can never change what a budget caps. `retired` keys (the model's
+    `retired`) are accepted with the value whose computation is now the only one, and dropped."""
     params = declarations(model_defaults)
     known = set(params)
     who = f"model {model_name!r}" if model_name else "model"
@@ -442,6 +451,11 @@ def resolve(
     origin: dict[str, tuple[int, str]] = {}
 
     def apply(rank: int, source: str, key: Any, value: Any) -> None:
+        if key in (retired or {}) and key not in known:
+            kept, why = retired[key]
+            if _same_setting(value, kept):
+                return
+            raise ConfigError(f"{source}: {key}={_clip(value)} is no longer available for {who}: {why}")
         if key not in known:
             raise ConfigError(f"{source}: {unknown_key_message(key, known, model_name)}")
         param = params[key]

@@ -116,7 +116,8 @@ def model_config(name: str, dataset_name: str, budget: str = "full", config_file
     return resolve(cls.defaults, preset, flat, parse_set_items(set_items or []), model_name=name,
                    config_path=config_file, tuned=entry.get("params"),
                    tuned_source=entry.get("source", "tuned configuration"),
-                   caps=budget_caps(budget, cls.heavy, cls.fits_once) if caps is None else caps)
+                   caps=budget_caps(budget, cls.heavy, cls.fits_once) if caps is None else caps,
+                   retired=cls.retired)
 
 
 def run_budget(name: str, dataset_name: str, budget: str, cfg: Config) -> str:

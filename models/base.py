@@ -25,6 +25,10 @@ class Recommender(nn.Module):
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Config keys a model no longer has: {key: (the one value whose computation is now the only one,
+    # why)}. A config (an old record's, a --config file, --set) may still name one with that value,
+    # which is dropped; another value is an error naming why.
+    retired: ClassVar[dict[str, tuple[Any, str]]] = {}
     uses_features: ClassVar[bool] = False
     # Seconds-per-epoch class on a laptop CPU; `heavy` models get a smaller cap under `--budget quick`.
     heavy: ClassVar[bool] = False

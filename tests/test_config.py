@@ -76,7 +76,8 @@ def test_reference_records_resolve_to_their_recorded_hash():
     """Resolving a committed record's config (as a --config file) gives back its config_hash: coercion
     keeps every type (1.0 stays a float, 20 an int), so no committed record loses its identity. Keys a
     model declared after the record was made (e.g. MMSSL's `l2_reading`, whose default computes what
-    the record's code did) are not part of that identity: the hash is taken over the record's keys."""
+    the record's code did) are not part of that identity: the hash is taken over the record's keys. Keys
+    a model retired (MMSSL's `fast`) are accepted with the value whose computation is now the only one."""
     records = sorted(REFERENCE_RUNS.glob("*/*/*/record.json"))
     if not records:
         pytest.skip("no committed reference records")
@@ -84,8 +85,11 @@ def test_reference_records_resolve_to_their_recorded_hash():
         rec = json.loads(path.read_text())
         cls = get_model_class(rec["model"])
         cfg = resolve(cls.defaults, cls.presets.get(rec["dataset"]["name"]), rec["config"],
-                      model_name=rec["model"])
-        assert Config({k: cfg[k] for k in rec["config"]}).hash() == rec["config_hash"], path
+                      model_name=rec["model"], retired=cls.retired)
+        # a retired key was accepted with its recorded value (what the code computes now) and dropped
+        own = {k: cfg[k] if k in cfg else rec["config"][k] for k in rec["config"]}
+        assert set(own) - set(cfg) <= set(cls.retired), path
+        assert Config(own).hash() == rec["config_hash"], path
 
 
 def test_hash_ignores_non_functional_keys_only():
@@ -300,3 +304,15 @@ def test_models_verbose_prints_types_and_ranges(capsys):
     out = capsys.readouterr().out
     assert "float > 0" in out and "str: FAC|FD|FM|none" in out and "float in [0, 1)" in out
     assert "list[int] >= 1, non-empty" in out and "str: adam|adamw" in out
+
+
+def test_a_retired_key_is_accepted_with_its_remaining_value_and_refused_otherwise():
+    from mmbench.runner import model_config
+
+    plain = model_config("mmssl", "tiktok")
+    assert "fast" not in plain
+    assert model_config("mmssl", "tiktok", set_items=["fast=true"]).hash() == plain.hash()
+    with pytest.raises(ConfigError, match="fast=false is no longer available.*one code path"):
+        model_config("mmssl-official", "tiktok", set_items=["fast=false"])
+    with pytest.raises(ConfigError, match="unknown config key 'fast'"):
+        model_config("lightgcn", "tiktok", set_items=["fast=true"])

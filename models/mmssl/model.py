@@ -74,15 +74,21 @@ Where the paper is silent or ambiguous (`mmssl`), we follow the code and say so:
   not freed, between steps (the code's torch-1.x semantics), so AdamW keeps decaying a parameter whose
   gradient happens to be zero in a step.
 
-Speed (one path, no switch; spec §10.2): relation rows stay low-rank + sparse (`relation_rows.Rows`) so
-D's first layer never sees a [B, I] row; the gradient penalty's ‖∇_x D‖ = ‖W₁ᵀδ₁‖ goes through a symmetric
-Gram (`discriminator.row_sq_norms`); the real rows' first layer is computed once for their M copies; D's
-parameter gradients are not computed in the generator step (the code discards them); the attention and the
-contrastive loss are skipped when their input graph is empty (exactly zero / a constant with zero
-gradient). The only approximation: Gumbel-softmax entries below 1e-20 are dropped from the factored real
-rows (a softmax row sums to 1, so this is below float32 resolution). tests/mmssl_oracle.py keeps the plain
-dense computation, frozen, and tests and benchmarks/mmssl_speed.py check this path against it. Memory: no
-users×items or items×items tensor anywhere; the largest are [B, I] rows and D itself.
+Speed (one path, no switch; spec §10.2), each exact up to float rounding: relation rows stay low-rank +
+sparse (`relation_rows.Rows`) so D's first layer never sees a [B, I] row, and that layer is one autograd
+node whose W-gradient is assembled in one buffer (`relation_rows.first_layers`); the gradient penalty's
+‖∇_x D‖ = ‖W₁ᵀδ₁‖ goes through a Gram computed strip-wise by symmetry (`discriminator.row_sq_norms`);
+the real rows' first layer is computed once for their M copies; D's parameter gradients are not computed
+in the generator step (the code discards them); the dropout-free half of the encoder (Eqs. 8–10) is
+computed once per step for both passes (`collaborative`); the attention and the contrastive loss are
+skipped when their input graph is empty (exactly zero / a constant with zero gradient); the code's
+identity activation is not applied; Adam/AdamW use torch's fused kernels. The only approximation:
+Gumbel-softmax entries below 1e-20 are dropped from the factored real rows (a softmax row sums to 1, so
+this is below float32 resolution). Random draws happen in the same order as in the code's computation,
+so a run's trajectory is the dense computation's up to rounding. tests/mmssl_oracle.py keeps the plain
+dense computation, frozen; tests and benchmarks/mmssl_speed.py check this package against it, and
+benchmarks/mmssl_epoch.py times whole epochs. Memory: no users×items or items×items tensor anywhere; the
+largest are [B, I] rows and D itself.
 """
 from __future__ import annotations
 
@@ -171,6 +177,10 @@ class MMSSL(Recommender):
                                 "representations are far apart'), or the formula's literal subscripts (the "
                                 "same user's e^m'_u only, the sum over u' a constant factor |U|)"),
     })
+    # Before #13 `fast` chose between this package's computation (true) and a dense reference (false,
+    # now frozen in tests/mmssl_oracle.py); records made with fast=true keep their identity.
+    retired = {"fast": (True, "MMSSL has one code path since issue #13; the dense computation that "
+                              "fast=false selected is frozen in tests/mmssl_oracle.py")}
     # The authors' per-dataset settings (spec §6.2; `patience` 8: the code stops after 8 epochs
     # without a better valid Recall@20). Other datasets get the shared caps of every model.
     presets = {
