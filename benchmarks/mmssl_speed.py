@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import mmbench  # noqa: E402,F401  (before torch: its allocator setting, see mmbench/__init__.py)
+import torch  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))  # the frozen dense oracle lives with the tests
 os.environ.setdefault("MMBENCH_DATA_DIR", str(ROOT / ".." / "shared" / "data"))
 

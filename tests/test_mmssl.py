@@ -531,7 +531,7 @@ def test_first_layers_equal_the_dense_rows_times_w_in_value_and_gradient():
     extra = (torch.tensor([1, 4]), torch.tensor([7, 7]), t(2))
     blocks = [Rows(t(6, d), y1, t(6), pos=pos, extra=extra), Rows(t(3, d), y2, t(3)),
               Rows(t(4, d), y1, t(4), extra_dense=t(4, n_items))]
-    got = torch.cat(first_layers(blocks, w))
+    got = first_layers(blocks, w)
     ref = torch.cat([b.dense() for b in blocks]) @ w
     assert torch.allclose(got, ref, rtol=1e-10, atol=1e-10)
     leaves = [w, y1, y2, extra[2]] + [x for b in blocks for x in (b.x, b.scale)] + [blocks[2].extra_dense]

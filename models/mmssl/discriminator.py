@@ -72,14 +72,15 @@ class Discriminator(nn.Module):
         """
         self.train()
         n_m = len(fake)
-        z_real, *z_fake = first_layers([real] + fake, self.w1t)
-        z_real = z_real.repeat(n_m, 1)
-        z_fake = torch.cat(z_fake)
-        b1 = self.b1
-        d_real = self.tail(z_real + b1)
+        n_real = len(real.x)
+        z = first_layers([real] + fake, self.w1t)
+        z_real, z_fake = z[:n_real], z[n_real:]  # real [B, H], the M fake blocks [M·B, H]
+        b1, width = self.b1, z.shape[1]
+        d_real = self.tail((z_real + b1).repeat(n_m, 1))
         d_fake = self.tail(z_fake + b1)
         alpha = torch.rand(len(z_fake), 1, device=z_fake.device)
-        z_hat = alpha * z_real + (1 - alpha) * z_fake + b1  # = L1(α·real + (1−α)·fake)
+        a = alpha.view(n_m, n_real, 1)  # α per (copy of a real row, fake row) pair, without copying z_real
+        z_hat = (a * z_real + (1 - a) * z_fake.view(n_m, n_real, width)).view(-1, width) + b1  # L1(α·r + (1−α)·f)
         d_hat = self.tail(z_hat)
         (delta,) = torch.autograd.grad(d_hat.sum(), z_hat, create_graph=True)
         gp = gp_constant * gradient_penalty(row_sq_norms(delta, self.w1t))
@@ -95,8 +96,7 @@ class Discriminator(nn.Module):
         for p in params:
             p.requires_grad_(False)
         try:
-            z = torch.cat(first_layers(fake, self.w1t))
-            return -self.tail(z + self.b1).mean()
+            return -self.tail(first_layers(fake, self.w1t) + self.b1).mean()
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)

@@ -142,10 +142,11 @@ class _FactoredFirstLayer(torch.autograd.Function):
         return g_w, g_y, g_x, g_s, g_v, None, None, None
 
 
-def first_layers(blocks: list[Rows], weight_t: torch.Tensor) -> list[torch.Tensor]:
-    """`block @ weight_t` ([B_k, H]) for each block without forming any row: one `_FactoredFirstLayer`
-    for the low-rank parts (one [d·m, H] projection for the m distinct Ys) and the sparse entries of all
-    blocks together; a dense fallback term (`extra_dense`, rare) is added by a plain product."""
+def first_layers(blocks: list[Rows], weight_t: torch.Tensor) -> torch.Tensor:
+    """`block @ weight_t` for every block, stacked ([Σ_k B_k, H]), without forming any row: one
+    `_FactoredFirstLayer` for the low-rank parts (one [d·m, H] projection for the m distinct Ys) and the
+    sparse entries of all blocks together; a dense fallback term (`extra_dense`, rare) is added by a
+    plain product."""
     distinct: dict[int, tuple[int, torch.Tensor]] = {}
     col = 0
     for blk in blocks:
@@ -169,11 +170,10 @@ def first_layers(blocks: list[Rows], weight_t: torch.Tensor) -> list[torch.Tenso
         rows = cols = torch.zeros(0, dtype=torch.long, device=weight_t.device)
         vals = weight_t.new_zeros(0)
     z = _FactoredFirstLayer.apply(weight_t, y_cat, x_cat, scale_cat, vals, rows, cols, spans)
-    outs = list(torch.split(z, [len(b.x) for b in blocks]))
-    for k, blk in enumerate(blocks):
-        if blk.extra_dense is not None:
-            outs[k] = outs[k] + blk.extra_dense @ weight_t
-    return outs
+    if any(blk.extra_dense is not None for blk in blocks):
+        z = z + torch.cat([blk.extra_dense @ weight_t if blk.extra_dense is not None
+                           else weight_t.new_zeros(len(blk.x), weight_t.shape[1]) for blk in blocks])
+    return z
 
 
 def rownorm(x: torch.Tensor) -> torch.Tensor:
