@@ -30,7 +30,7 @@ class Discriminator(nn.Module):
     scales the sigmoid by 100 (`out_scale`); linear weights are Kaiming-normal (fan-in, gain √2) with
     zero biases; dropouts 0.31 / 0.5. The first layer's weight is stored transposed ([I, I/4], same
     function) so that gathering item rows of it is contiguous. `tail` starts after the first Linear so
-    that the fast path can feed it a first-layer activation computed without forming the input rows.
+    that `critic_loss` can feed it a first-layer activation computed without forming the input rows.
     """
 
     def __init__(self, n_items: int, drop1: float, drop2: float, slope: float, out_scale: float):
