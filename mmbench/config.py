@@ -417,13 +417,6 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
-def _same_setting(value: Any, kept: Any) -> bool:
-    """`value` (from YAML, JSON or --set text) names the retired key's remaining setting `kept`."""
-    if isinstance(kept, bool):
-        return value is kept or str(value).strip().lower() == str(kept).lower()
-    return value == kept or str(value).strip() == str(kept)
-
-
 def resolve(
     model_defaults: dict[str, Any],
     preset: dict[str, Any] | None = None,
@@ -453,8 +446,11 @@ def resolve(
     def apply(rank: int, source: str, key: Any, value: Any) -> None:
         if key in (retired or {}) and key not in known:
             kept, why = retired[key]
-            if _same_setting(value, kept):
-                return
+            try:  # parsed as any value of the key's type would be
+                if infer_param(kept, key).coerce(value, source, key) == kept:
+                    return
+            except ConfigError:
+                pass
             raise ConfigError(f"{source}: {key}={_clip(value)} is no longer available for {who}: {why}")
         if key not in known:
             raise ConfigError(f"{source}: {unknown_key_message(key, known, model_name)}")
