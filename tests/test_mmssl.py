@@ -467,7 +467,7 @@ def test_literal_eq11_reading_matches_the_printed_formula(n_mod):
     h = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     modal = [torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(n_mod)]
     fast, slow = literal_contrastive(h, modal, 0.085), _literal_by_definition(h, modal, 0.085)
-    assert float(fast) == pytest.approx(float(slow), rel=1e-9)
+    assert float(fast.detach()) == pytest.approx(float(slow.detach()), rel=1e-9)
     for a, b in zip(torch.autograd.grad(fast, [h, *modal]), torch.autograd.grad(slow, [h, *modal])):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
     if n_mod == 1:  # no other modality: only the positive is left, so no gradient at all
@@ -500,7 +500,7 @@ def test_l2_reading_explicit_puts_lambda4_into_the_loss_and_not_the_optimiser(sy
     losses = explicit.calculate_loss(batch)
     want = 0.01 * sum(float(p.detach().pow(2).sum()) for n, p in explicit.named_parameters()
                       if not n.startswith("disc."))
-    assert float(losses["l2"]) == pytest.approx(want, rel=1e-5)
+    assert float(losses["l2"].detach()) == pytest.approx(want, rel=1e-5)
     assert "l2" not in decoupled.calculate_loss(batch)
     assert get_model_class("mmssl-official").defaults.get("l2_reading") is None  # the code has its own terms
 
