@@ -36,20 +36,22 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import mmbench  # noqa: E402,F401  (before torch: its allocator setting, see mmbench/__init__.py)
 import torch  # noqa: E402
+from torch.utils import flop_counter  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))  # the frozen dense oracle lives with the tests
+sys.path.insert(0, str(ROOT / "benchmarks"))  # mmssl_speed: how the oracle takes a step
 os.environ.setdefault("MMBENCH_DATA_DIR", str(ROOT / ".." / "shared" / "data"))
 
 from mmbench.data.registry import load_dataset  # noqa: E402
 from mmbench.models.base import get_model_class  # noqa: E402
 from mmbench.runner import model_config  # noqa: E402
-from mmssl_oracle import OracleMMSSL  # noqa: E402
+from mmssl_speed import oracle_step  # noqa: E402
 
 MODELS, DATASET = ("mmssl", "mmssl-official"), "tiktok"
 STEPS = int(os.environ.get("MMSSL_FLOOR_STEPS", "5"))
@@ -63,10 +65,17 @@ DRAWS = {aten.rand.default, aten.rand_like.default, aten.uniform_.default, aten.
 OPTIMISERS = {aten._fused_adam_.default, aten._fused_adamw_.default}
 
 
-def product_flops(a: torch.Tensor, b: torch.Tensor) -> int:
-    """2·m·k·n (times the batch for bmm)."""
-    batch = a.shape[0] if a.dim() == 3 else 1
-    return 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+class TensorSpec(NamedTuple):
+    """A recorded operand: enough to make a fresh one with the same memory layout."""
+    shape: tuple
+    stride: tuple
+    dtype: torch.dtype
+
+
+def product_flops(a, b) -> int:
+    """FLOPs of the product of two factors (anything with a `.shape`), by torch's own formulas."""
+    formula = flop_counter.bmm_flop if len(a.shape) == 3 else flop_counter.mm_flop
+    return formula(tuple(a.shape), tuple(b.shape))
 
 
 class StepLog(TorchDispatchMode):
@@ -84,8 +93,8 @@ class StepLog(TorchDispatchMode):
         if func in PRODUCTS:
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             if all(t.layout == torch.strided for t in tensors):
-                spec = tuple((tuple(t.shape), tuple(t.stride()), t.dtype) if isinstance(t, torch.Tensor)
-                             else t for t in args)
+                spec = tuple(TensorSpec(tuple(t.shape), tuple(t.stride()), t.dtype)
+                             if isinstance(t, torch.Tensor) else t for t in args)
                 self.products[(func, spec, tuple(sorted(kwargs.items())))] += 1
             return func(*args, **kwargs)
         kind = "draws" if func in DRAWS else "optimiser" if func in OPTIMISERS else None
@@ -106,8 +115,7 @@ def fresh(shape, stride, dtype) -> torch.Tensor:
 
 def replay_seconds(func, spec, kwargs, reps: int = 3) -> float:
     """Best of `reps` warm runs of one product on fresh operands."""
-    args = [fresh(*s) if isinstance(s, tuple) and len(s) == 3 and isinstance(s[2], torch.dtype) else s
-            for s in spec]
+    args = [fresh(*s) if isinstance(s, TensorSpec) else s for s in spec]
     kw = dict(kwargs)
     func(*args, **kw)
     best = float("inf")
@@ -146,8 +154,8 @@ def measure(name: str, data, threads: int) -> float:
     rows = []
     for (func, spec, kwargs), count in log.products.items():
         a, b = (spec[i] for i in PRODUCTS[func])
-        flops = product_flops(torch.empty(a[0], device="meta"), torch.empty(b[0], device="meta"))
-        rows.append((count * replay_seconds(func, spec, kwargs), count * flops, count, func, a[0], b[0]))
+        rows.append((count * replay_seconds(func, spec, kwargs), count * product_flops(a, b), count, func,
+                     a.shape, b.shape))
     products = sum(r[0] for r in rows)
     gflop = sum(r[1] for r in rows) / 1e9
 
@@ -156,17 +164,13 @@ def measure(name: str, data, threads: int) -> float:
     ref.load_extra_state(model.extra_state())
     ref.train()
     ref.on_epoch_start(1)
-    oracle, ref_optims = OracleMMSSL(ref), ref.configure_optimizers()
-
-    def schedule(batch, feats, pos, mask):  # the model's graph schedule, fed the oracle's pass
-        ref.after_generator_step(batch, SimpleNamespace(feats=feats), pos, mask)
-
+    step_oracle = oracle_step(ref)
     oracle_times = []
-    oracle.train_step(next(it), ref_optims, schedule)  # warm-up
+    step_oracle(next(it))  # warm-up
     for _ in range(ORACLE_STEPS):
         batch = next(it)
         t0 = time.perf_counter()
-        oracle.train_step(batch, ref_optims, schedule)
+        step_oracle(batch)
         oracle_times.append(time.perf_counter() - t0)
     oracle_s = statistics.median(oracle_times)
 

@@ -119,6 +119,17 @@ def oracle_losses_and_grads(model, batch, seed: int) -> tuple[dict[str, float], 
     return {**dl, **gl}, {**dg, **gg}
 
 
+def oracle_step(ref):
+    """`batch ↦` one training step of `ref` by the frozen oracle's code (both optimiser steps), with
+    the model's own graph schedule fed the oracle's pass."""
+    oracle, optims = OracleMMSSL(ref), ref.configure_optimizers()
+
+    def schedule(batch, feats, pos, mask):
+        ref.after_generator_step(batch, SimpleNamespace(feats=feats), pos, mask)
+
+    return lambda batch: oracle.train_step(batch, optims, schedule)
+
+
 def measure(name: str, data, threads: int) -> float | None:
     """Check the fast path against the oracle, then time training steps (even when the check fails, for
     information); the speed-up, or None if the check failed."""
@@ -148,14 +159,8 @@ def measure(name: str, data, threads: int) -> float | None:
     else:
         print(f"  ok: losses and gradients agree to rel {TOL:g}")
 
-    oracle = OracleMMSSL(ref)
-
-    def schedule(batch, feats, pos, mask):  # the model's graph schedule, fed the oracle's pass
-        ref.after_generator_step(batch, SimpleNamespace(feats=feats), pos, mask)
-
-    optims = {"fast": fast.configure_optimizers(), "oracle": ref.configure_optimizers()}
-    steps = {"fast": lambda b: fast.train_step(b, optims["fast"]),
-             "oracle": lambda b: oracle.train_step(b, optims["oracle"], schedule)}
+    fast_optims = fast.configure_optimizers()
+    steps = {"fast": lambda b: fast.train_step(b, fast_optims), "oracle": oracle_step(ref)}
     times: dict[str, list[float]] = {"fast": [], "oracle": []}
     for b in batches[1:]:
         for key in ("fast", "oracle"):
